@@ -1,0 +1,156 @@
+"""The one interface every provisioning driver implements.
+
+Drivers are synchronous and may block for minutes (a Proxmox clone, a provider's script); the agent
+runs each call in a worker thread so that lock renewal and heartbeats never wait on a driver.
+A driver is told to stop through a :class:`threading.Event`: when it is set the driver removes what
+it made for that contract and raises :class:`Cancelled`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class ProvisionError(Exception):
+    """Provisioning failed; the message is what the agent reports to the server (no secrets)."""
+
+
+class Cancelled(ProvisionError):
+    """The agent asked the driver to stop (lock lost or shutdown); what was made is removed."""
+
+
+class ConfigError(Exception):
+    """A driver's configuration is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a driver needs to know about a contract, from pending-provision."""
+
+    contract_id: str
+    offering_id: str = ""
+    requester_ssh_pubkey: str | None = None
+    cpu_cores: int | None = None
+    memory_mb: int | None = None
+    storage_gb: int | None = None
+    provisioner_type: str | None = None
+    provisioner_config: dict[str, Any] | None = None
+    instance_config: dict[str, Any] | None = None
+    datacenter_country: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Contract":
+        return cls(
+            contract_id=str(data["contractId"]),
+            offering_id=str(data.get("offeringId") or ""),
+            requester_ssh_pubkey=data.get("requesterSshPubkey"),
+            cpu_cores=data.get("cpuCores"),
+            memory_mb=data.get("memoryMb"),
+            storage_gb=data.get("storageGb"),
+            provisioner_type=data.get("provisionerType"),
+            provisioner_config=data.get("provisionerConfig"),
+            instance_config=data.get("instanceConfig"),
+            datacenter_country=data.get("datacenterCountry"),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The contract as camelCase JSON, the form scripts receive on stdin."""
+        return {
+            "contractId": self.contract_id,
+            "offeringId": self.offering_id,
+            "requesterSshPubkey": self.requester_ssh_pubkey,
+            "cpuCores": self.cpu_cores,
+            "memoryMb": self.memory_mb,
+            "storageGb": self.storage_gb,
+            "provisionerType": self.provisioner_type,
+            "provisionerConfig": self.provisioner_config,
+            "instanceConfig": self.instance_config,
+            "datacenterCountry": self.datacenter_country,
+        }
+
+
+@dataclass
+class InstanceDetails:
+    """What the agent reports in `provisioned` (PROTOCOL.md, "Instance details")."""
+
+    external_id: str
+    provisioner: str
+    ip_address: str | None = None
+    ipv6_address: str | None = None
+    ssh_port: int = 22
+    root_password: str | None = None
+    node: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "externalId": self.external_id,
+            "ipAddress": self.ip_address,
+            "ipv6Address": self.ipv6_address,
+            "sshPort": self.ssh_port,
+            "provisioner": self.provisioner,
+            "extra": dict(self.extra),
+        }
+        if self.root_password is not None:
+            out["rootPassword"] = self.root_password
+        if self.node is not None:
+            out["node"] = self.node
+        return out
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "InstanceDetails":
+        return cls(
+            external_id=str(data["externalId"]),
+            provisioner=str(data.get("provisioner") or ""),
+            ip_address=data.get("ipAddress"),
+            ipv6_address=data.get("ipv6Address"),
+            ssh_port=int(data.get("sshPort") or 22),
+            root_password=data.get("rootPassword"),
+            node=data.get("node"),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance a driver manages, as listed for reconcile."""
+
+    external_id: str
+    contract_id: str | None
+
+
+@dataclass(frozen=True)
+class Health:
+    """A driver's self-check for `dc-agent status`."""
+
+    ok: bool
+    detail: str
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """A driver. Every method may block; none may be called on the event loop thread."""
+
+    name: str
+
+    def provision(self, contract: Contract, cancel: threading.Event) -> InstanceDetails:
+        """Make the instance; on any failure remove what was made and raise ProvisionError."""
+        ...
+
+    def find(self, contract_id: str) -> InstanceDetails | None:
+        """The instance already made for this contract (after a crash), or None."""
+        ...
+
+    def list_instances(self) -> list[Instance]:
+        """Every instance this driver made (and only those), for reconcile."""
+        ...
+
+    def terminate(self, external_id: str) -> None:
+        """Remove an instance; one that is already gone counts as done."""
+        ...
+
+    def health(self) -> Health:
+        ...
