@@ -1,0 +1,3 @@
+from pool_api.cli import main
+
+main()

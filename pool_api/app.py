@@ -1,0 +1,47 @@
+"""Build the FastAPI app: settings + engine on app.state, routers, error envelope, middleware, jobs.
+
+Routers are included one line each; the provider web pages add theirs the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from pool_api import jobs
+from pool_api.db import create_engine
+from pool_api.envelope import install_error_handlers
+from pool_api.middleware import AccessLog, BodyLimit
+from pool_api.routers import agents, health, providers
+from pool_api.settings import Settings
+
+
+def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs: bool = True) -> FastAPI:
+    engine = engine or create_engine(settings.database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = jobs.start(engine, settings) if run_jobs else []
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            engine.dispose()
+
+    app = FastAPI(title="dc-agent pool_api", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(agents.router)
+    app.include_router(providers.router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    return app

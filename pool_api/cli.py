@@ -1,0 +1,269 @@
+"""`dc-pool-api`: serve the agent-pools API, and the admin commands that stand in for the marketplace.
+
+Every option can also be set as DC_POOL_API_<OPTION> (e.g. DC_POOL_API_DATABASE_URL); `--help`
+shows the variable. Heavy imports (SQLAlchemy, FastAPI, uvicorn) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pool_api.settings import ENV_PREFIX
+
+app = typer.Typer(help="The reference agent-pools server (pool_api) and its admin commands.", no_args_is_help=True,
+                  add_completion=False)
+provider_app = typer.Typer(help="Providers (the marketplace owns them; this is the admin path).", no_args_is_help=True)
+offering_app = typer.Typer(help="Offerings (also creatable through the signed provider API).", no_args_is_help=True)
+contract_app = typer.Typer(help="Contracts (stand-in for the marketplace checkout).", no_args_is_help=True)
+app.add_typer(provider_app, name="provider")
+app.add_typer(offering_app, name="offering")
+app.add_typer(contract_app, name="contract")
+
+DB_HELP = ("Database URL: postgresql+psycopg://user@host/db (production) or sqlite:///path. Default: an embedded "
+           "SQLite file, /var/lib/dc-pool-api/pool.db as root, else $XDG_STATE_HOME/dc-pool-api/pool.db "
+           "(~/.local/state/dc-pool-api/pool.db).")
+DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", envvar=f"{ENV_PREFIX}DATABASE_URL",
+                                                    show_envvar=True, help=DB_HELP)]
+
+
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": f"{ENV_PREFIX}{name}", "show_envvar": True}
+
+
+def _engine(database_url: str | None, migrate: bool = True):  # noqa: ANN202
+    from pool_api import db
+
+    engine = db.create_engine(database_url or db.default_database_url())
+    if migrate:
+        db.migrate(engine)
+    return engine
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _run(database_url: str | None, fn):  # noqa: ANN001, ANN202
+    """Run `fn(conn)` in one transaction; ApiError becomes an error message and exit status 1."""
+    from pool_api.envelope import ApiError
+
+    engine = _engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return fn(conn)
+    except ApiError as exc:
+        _fail(exc.message)
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.", **_env("HOST"))] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", **_env("PORT"))] = 8080,
+    database_url: DatabaseUrl = None,
+    lock_ttl_seconds: Annotated[int, typer.Option(min=1, help="Provisioning lock lifetime.", **_env("LOCK_TTL_SECONDS"))] = 300,
+    lock_sweep_seconds: Annotated[float, typer.Option(min=0.05, help="Period of the expired-lock sweep.",
+                                                      **_env("LOCK_SWEEP_SECONDS"))] = 60,
+    token_sweep_seconds: Annotated[float, typer.Option(min=0.05, help="Period of the expired-token sweep.",
+                                                       **_env("TOKEN_SWEEP_SECONDS"))] = 3600,
+    heartbeat_seconds: Annotated[int, typer.Option(min=1, help="nextHeartbeatSeconds sent to agents.",
+                                                   **_env("HEARTBEAT_SECONDS"))] = 30,
+    public_url: Annotated[Optional[str], typer.Option(help="API URL shown in setupCommand (default: the request's base URL).",
+                                                      **_env("PUBLIC_URL"))] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", **_env("LOG_LEVEL"))] = "info",
+) -> None:
+    """Apply migrations, then serve the API (GET /api/v1/health answers 200) with the background jobs."""
+    import uvicorn
+
+    from pool_api import db, logs
+    from pool_api.app import create_app
+    from pool_api.settings import Settings
+
+    logs.configure(log_level)
+    settings = Settings(database_url=db.normalize_url(database_url or db.default_database_url()),
+                        lock_ttl_seconds=lock_ttl_seconds, lock_sweep_seconds=lock_sweep_seconds,
+                        token_sweep_seconds=token_sweep_seconds, heartbeat_seconds=heartbeat_seconds,
+                        public_url=public_url)
+    engine = _engine(settings.database_url)
+    uvicorn.run(create_app(settings, engine), host=host, port=port, access_log=False, log_level=log_level.lower(),
+                server_header=False, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None) -> None:
+    """Apply the database migrations and exit (serve does this on start too)."""
+    _engine(database_url).dispose()
+    typer.echo("database is at the newest revision")
+
+
+@provider_app.command("add")
+def provider_add(
+    pubkey: Annotated[str, typer.Option(help="The provider's Ed25519 public key, 64 hex characters.")],
+    name: Annotated[Optional[str], typer.Option(help="Display name.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register a provider key (adding it again updates the name)."""
+    import sqlalchemy as sa
+
+    from pool_api.auth import HEX64
+    from pool_api.db import now_ns
+    from pool_api.tables import providers
+
+    if not HEX64.match(pubkey):
+        _fail("--pubkey: must be a 32-byte Ed25519 public key in hex (64 characters)")
+    pubkey = pubkey.lower()
+
+    def add(conn: sa.Connection) -> None:
+        updated = conn.execute(sa.update(providers).where(providers.c.pubkey == pubkey).values(name=name)).rowcount
+        if not updated:
+            conn.execute(sa.insert(providers).values(pubkey=pubkey, name=name, created_at_ns=now_ns()))
+
+    _run(database_url, add)
+    typer.echo(pubkey)
+
+
+def _json_option(value: str | None, flag: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        _fail(f"{flag}: not valid JSON ({exc})")
+    if not isinstance(parsed, dict):
+        _fail(f"{flag}: must be a JSON object")
+    return parsed
+
+
+@offering_app.command("create")
+def offering_create(
+    provider: Annotated[str, typer.Option(help="Provider public key (hex).")],
+    offering_id: Annotated[str, typer.Option(help="Offering id (opaque string).")],
+    name: Annotated[str, typer.Option(help="Offering name.")],
+    country: Annotated[str, typer.Option(help="Datacenter country, ISO 3166-1 alpha-2 (routes to a region).")],
+    provisioner_type: Annotated[Optional[str], typer.Option(help="proxmox, script or manual (default: route as proxmox).")] = None,
+    pool_id: Annotated[Optional[str], typer.Option(help="Explicit agent pool (overrides location routing).")] = None,
+    cpu_cores: Annotated[Optional[int], typer.Option(min=0)] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(min=0)] = None,
+    storage_gb: Annotated[Optional[int], typer.Option(min=0)] = None,
+    price: Annotated[Optional[float], typer.Option(min=0)] = None,
+    product_type: Annotated[str, typer.Option()] = "compute",
+    provisioner_config: Annotated[Optional[str], typer.Option(help="JSON object passed to the agent.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an offering for a provider; prints its id."""
+    import pydantic
+
+    from pool_api import offerings
+    from pool_api.envelope import describe_validation_errors
+    from pool_api.schemas import OfferingCreate
+
+    raw = dict(offeringId=offering_id, name=name, datacenterCountry=country, provisionerType=provisioner_type,
+               agentPoolId=pool_id, cpuCores=cpu_cores, memoryMb=memory_mb, storageGb=storage_gb, price=price,
+               productType=product_type, provisionerConfig=_json_option(provisioner_config, "--provisioner-config"))
+    try:
+        body = OfferingCreate.model_validate({k: v for k, v in raw.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        _fail(describe_validation_errors(list(exc.errors()))[1])
+    fields = body.model_dump(exclude={"offering_id"})
+    created = _run(database_url, lambda conn: _create_offering(conn, provider.lower(), fields, body.offering_id, offerings))
+    typer.echo(created["offeringId"])
+
+
+def _create_offering(conn, provider: str, fields, offering_id, offerings):  # noqa: ANN001, ANN202
+    import sqlalchemy as sa
+
+    from pool_api.envelope import ApiError
+    from pool_api.tables import providers
+
+    if conn.execute(sa.select(providers.c.pubkey).where(providers.c.pubkey == provider)).first() is None:
+        raise ApiError(404, f"unknown provider {provider}: run `dc-pool-api provider add` first")
+    return offerings.create_offering(conn, provider, fields, offering_id)
+
+
+@contract_app.command("create")
+def contract_create(
+    offering: Annotated[str, typer.Option(help="Offering id.")],
+    ssh_pubkey: Annotated[Optional[str], typer.Option(help="The requester's SSH public key.")] = None,
+    count: Annotated[int, typer.Option(min=1, max=100_000, help="How many contracts.")] = 1,
+    status: Annotated[str, typer.Option(help="Initial status.")] = "accepted",
+    payment_status: Annotated[str, typer.Option(help="Payment status.")] = "succeeded",
+    instance_config: Annotated[Optional[str], typer.Option(help="JSON object passed to the agent.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create paid, accepted contracts for an offering; prints one id per line."""
+    from pool_api import contracts
+
+    if status not in contracts.STATUSES:
+        _fail(f"--status: one of {', '.join(contracts.STATUSES)}")
+    if payment_status not in contracts.PAYMENT_STATUSES:
+        _fail(f"--payment-status: one of {', '.join(contracts.PAYMENT_STATUSES)}")
+    config = _json_option(instance_config, "--instance-config")
+    ids = _run(database_url, lambda conn: contracts.create_contracts(
+        conn, offering, ssh_pubkey=ssh_pubkey, count=count, status=status, payment_status=payment_status,
+        instance_config=config))
+    typer.echo("\n".join(ids))
+
+
+def _print_contract(c: dict[str, Any]) -> None:
+    lock = f" lock={c['lockAgent'][:12]}… until {c['lockExpiresNs']}" if c["lockAgent"] else ""
+    typer.echo(f"{c['contractId']}  {c['status']:<12} offering={c['offeringId']} failures={c['failureCount']}{lock}")
+
+
+@contract_app.command("list")
+def contract_list(
+    status: Annotated[Optional[str], typer.Option(help="Only contracts with this status.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List contracts, oldest first."""
+    from pool_api import contracts
+
+    rows = _run(database_url, lambda conn: contracts.list_contracts(conn, status=status, limit=1_000_000))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for c in rows:
+        _print_contract(c)
+
+
+@contract_app.command("show")
+def contract_show(
+    contract_id: Annotated[str, typer.Argument(help="Contract id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show one contract (lock, instance details, failures)."""
+    from pool_api import contracts
+
+    c = _run(database_url, lambda conn: contracts.contract_json(contracts.get_contract(conn, contract_id)))
+    if as_json:
+        typer.echo(json.dumps(c, indent=2))
+        return
+    for key, value in c.items():
+        typer.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+@contract_app.command("cancel")
+def contract_cancel(
+    contract_id: Annotated[str, typer.Argument(help="Contract id.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Mark a contract cancelled (its agent then terminates the instance and reports `terminated`)."""
+    from pool_api import contracts
+
+    c = _run(database_url, lambda conn: contracts.cancel(conn, contract_id))
+    typer.echo(f"{c['contractId']} {c['status']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Contracts as agents see them: pending-provision, and the admin stand-ins for the marketplace."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from pool_api.auth import Caller
+from pool_api.db import now_ns
+from pool_api.envelope import ApiError
+from pool_api.routing import DEFAULT_PROVISIONER_TYPE
+from pool_api.tables import agent_pools as p
+from pool_api.tables import contracts as c
+from pool_api.tables import offerings as o
+
+PROVISIONABLE = ("accepted", "provisioning")
+STATUSES = ("requested", "accepted", "provisioning", "provisioned", "cancelled", "terminated")
+PAYMENT_STATUSES = ("pending", "succeeded", "failed", "refunded")
+
+
+def contract_json(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {
+        "contractId": m["contract_id"],
+        "offeringId": m["offering_id"],
+        "providerPubkey": m["provider_pubkey"],
+        "status": m["status"],
+        "paymentStatus": m["payment_status"],
+        "requesterSshPubkey": m["requester_ssh_pubkey"],
+        "instanceConfig": m["instance_config"],
+        "createdAtNs": m["created_at_ns"],
+        "updatedAtNs": m["updated_at_ns"],
+        "lockAgent": m["lock_agent"],
+        "lockAtNs": m["lock_at_ns"],
+        "lockExpiresNs": m["lock_expires_ns"],
+        "provisionedBy": m["provisioned_by"],
+        "provisionedAtNs": m["provisioned_at_ns"],
+        "instanceDetails": m["instance_details"],
+        "failureCount": m["failure_count"],
+        "lastError": m["last_error"],
+        "lastFailedBy": m["last_failed_by"],
+        "lastFailedAtNs": m["last_failed_at_ns"],
+        "cancelledAtNs": m["cancelled_at_ns"],
+        "terminatedAtNs": m["terminated_at_ns"],
+        "terminatedBy": m["terminated_by"],
+    }
+
+
+def routes_to_pool(offering_pool_id: Any, region: Any, provisioner_type: Any, pool: Any) -> Any:
+    """SQL (or Python) condition: an offering routes to `pool` explicitly or by region + type.
+
+    Works on columns (building a SQL expression) and on plain values alike."""
+    if isinstance(offering_pool_id, sa.ColumnElement):
+        ptype = sa.func.coalesce(provisioner_type, DEFAULT_PROVISIONER_TYPE)
+        return sa.or_(offering_pool_id == pool.pool_id,
+                      sa.and_(offering_pool_id.is_(None), region == pool.location, ptype == pool.provisioner_type))
+    if offering_pool_id is not None:
+        return offering_pool_id == pool.pool_id
+    return region == pool.location and (provisioner_type or DEFAULT_PROVISIONER_TYPE) == pool.provisioner_type
+
+
+def agent_pool(conn: sa.Connection, caller: Caller) -> Any:
+    if caller.pool_id is None:
+        return None
+    return conn.execute(sa.select(p).where(p.c.pool_id == caller.pool_id)).first()
+
+
+def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str) -> Any:
+    """The contract + its offering's routing columns, if this agent may act on it.
+
+    404 for an unknown contract or one of another provider (no existence leak across providers);
+    403 for a contract of this provider that routes to another pool, unless this agent holds its
+    lock or provisioned it. A legacy agent (no pool) may act on all of its provider's contracts.
+    """
+    row = conn.execute(
+        sa.select(c, o.c.agent_pool_id, o.c.region, o.c.provisioner_type)
+        .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
+        .where(c.c.contract_id == contract_id, c.c.provider_pubkey == caller.provider_pubkey)
+    ).first()
+    if row is None:
+        raise ApiError(404, "unknown contract")
+    if caller.pool_id is None or caller.pubkey in (row.lock_agent, row.provisioned_by):
+        return row
+    pool = agent_pool(conn, caller)
+    if pool is None or not routes_to_pool(row.agent_pool_id, row.region, row.provisioner_type, pool):
+        raise ApiError(403, "contract belongs to another pool")
+    return row
+
+
+def get_contract(conn: sa.Connection, contract_id: str) -> Any:
+    row = conn.execute(sa.select(c).where(c.c.contract_id == contract_id)).first()
+    if row is None:
+        raise ApiError(404, "unknown contract")
+    return row
+
+
+def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now: int | None = None) -> list[dict[str, Any]]:
+    """PROTOCOL.md's pending-provision filter, oldest first, including contracts this agent holds."""
+    now = now_ns() if now is None else now
+    explicit = p.alias("explicit_pool")
+    q = (
+        sa.select(c, o.c.cpu_cores, o.c.memory_mb, o.c.storage_gb, o.c.provisioner_type.label("offering_ptype"),
+                  o.c.provisioner_config, o.c.datacenter_country, o.c.name.label("offering_name"), o.c.product_type,
+                  explicit.c.provisioner_type.label("pool_ptype"))
+        .select_from(c.join(o, o.c.offering_id == c.c.offering_id)
+                     .outerjoin(explicit, explicit.c.pool_id == o.c.agent_pool_id))
+        .where(
+            c.c.provider_pubkey == caller.provider_pubkey,
+            c.c.status.in_(PROVISIONABLE),
+            c.c.payment_status == "succeeded",
+            sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
+        )
+        .order_by(c.c.created_at_ns, c.c.contract_id)
+        .limit(limit)
+    )
+    if caller.pool_id is not None:
+        pool = agent_pool(conn, caller)
+        if pool is None:
+            return []
+        q = q.where(sa.or_(routes_to_pool(o.c.agent_pool_id, o.c.region, o.c.provisioner_type, pool),
+                           c.c.lock_agent == caller.pubkey))
+    out = []
+    for r in conn.execute(q):
+        out.append({
+            "contractId": r.contract_id,
+            "offeringId": r.offering_id,
+            "offeringName": r.offering_name,
+            "productType": r.product_type,
+            "status": r.status,
+            "requesterSshPubkey": r.requester_ssh_pubkey,
+            "cpuCores": r.cpu_cores,
+            "memoryMb": r.memory_mb,
+            "storageGb": r.storage_gb,
+            "provisionerType": r.offering_ptype or r.pool_ptype or DEFAULT_PROVISIONER_TYPE,
+            "provisionerConfig": r.provisioner_config,
+            "instanceConfig": r.instance_config,
+            "datacenterCountry": r.datacenter_country,
+            "createdAtNs": r.created_at_ns,
+            "lockedByMe": r.lock_agent == caller.pubkey,
+            "lockExpiresNs": r.lock_expires_ns if r.lock_agent == caller.pubkey else None,
+            "failureCount": r.failure_count,
+        })
+    return out
+
+
+# --- admin (stand-ins for the marketplace) -------------------------------------------------------
+
+def create_contracts(conn: sa.Connection, offering_id: str, *, ssh_pubkey: str | None = None, count: int = 1,
+                     status: str = "accepted", payment_status: str = "succeeded",
+                     instance_config: dict[str, Any] | None = None) -> list[str]:
+    offering = conn.execute(sa.select(o.c.provider_pubkey).where(o.c.offering_id == offering_id)).first()
+    if offering is None:
+        raise ApiError(404, f"unknown offering {offering_id!r}")
+    now = now_ns()
+    rows = [dict(contract_id=uuid.uuid4().hex, provider_pubkey=offering.provider_pubkey, offering_id=offering_id,
+                 requester_ssh_pubkey=ssh_pubkey, instance_config=instance_config, status=status,
+                 payment_status=payment_status, created_at_ns=now + i, updated_at_ns=now + i, failure_count=0)
+            for i in range(count)]
+    if rows:
+        conn.execute(sa.insert(c), rows)
+    return [r["contract_id"] for r in rows]
+
+
+def list_contracts(conn: sa.Connection, *, status: str | None = None, provider_pubkey: str | None = None,
+                   limit: int = 1000) -> list[dict[str, Any]]:
+    q = sa.select(c).order_by(c.c.created_at_ns, c.c.contract_id).limit(limit)
+    if status:
+        q = q.where(c.c.status == status)
+    if provider_pubkey:
+        q = q.where(c.c.provider_pubkey == provider_pubkey)
+    return [contract_json(r) for r in conn.execute(q)]
+
+
+def cancel(conn: sa.Connection, contract_id: str) -> dict[str, Any]:
+    """Mark a contract cancelled (the tenant ended it); clears any lock. Cancelling twice is a no-op."""
+    now = now_ns()
+    conn.execute(
+        sa.update(c).where(c.c.contract_id == contract_id, c.c.status.not_in(("cancelled", "terminated")))
+        .values(status="cancelled", cancelled_at_ns=now, updated_at_ns=now, lock_agent=None, lock_at_ns=None,
+                lock_expires_ns=None)
+    )
+    return contract_json(get_contract(conn, contract_id))

@@ -1,0 +1,155 @@
+"""Provisioning locks and their outcomes (SPEC.md "Two-Phase Provisioning").
+
+Every decision is ONE conditional UPDATE whose WHERE clause is the rule; the row count says
+whether it applied. Only when it did not, the row is read to explain why (never read-then-write).
+On PostgreSQL (READ COMMITTED) a concurrent UPDATE of the same row waits and re-checks the WHERE
+clause on the committed row, so exactly one of N concurrent lockers wins; on SQLite writers are
+serialised by BEGIN IMMEDIATE.
+
+Outcomes, for the agent `me` acting on a contract of its pool:
+- lock: 200 when the lock is free, mine (renewal: the expiry moves to now + TTL) or expired;
+  409 when another agent holds an unexpired lock, or the contract is provisioned, cancelled or not
+  (yet) payable.
+- release: 200 `released: true` when I held it; 200 `released: false` when nobody holds it (a
+  repeated release); 403 when another agent holds it.
+- provisioned: 200 when I hold the lock (even past its expiry, as long as nobody took it over);
+  repeating the same report after success is 200 and changes nothing (`provisioned_by` remembers
+  me), a different report 409; provisioned by another agent 409; cancelled 409; another agent
+  holding the lock, or no lock at all, 403 "not the lock holder" (re-lock and report again).
+- failed: 200 when I hold the lock (lock cleared, failureCount + 1, status stays accepted);
+  repeating my last failure with the same message is 200 and counts nothing; otherwise as
+  provisioned: 409 when provisioned, 403 when not the holder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from pool_api.auth import Caller
+from pool_api.contracts import PROVISIONABLE, load_for_agent
+from pool_api.db import now_ns
+from pool_api.envelope import ApiError
+from pool_api.tables import contracts as c
+
+_CLEAR_LOCK = dict(lock_agent=None, lock_at_ns=None, lock_expires_ns=None)
+
+
+def _not_open(row: Any) -> ApiError | None:
+    """409 when the contract can no longer be provisioned."""
+    if row.status == "provisioned":
+        return ApiError(409, "contract already provisioned")
+    if row.status in ("cancelled", "terminated"):
+        return ApiError(409, f"contract is {row.status}")
+    if row.status not in PROVISIONABLE or row.payment_status != "succeeded":
+        return ApiError(409, f"contract is not ready for provisioning (status {row.status}, payment {row.payment_status})")
+    return None
+
+
+def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: int) -> dict[str, Any]:
+    load_for_agent(conn, caller, contract_id)
+    now = now_ns()
+    expires = now + ttl_seconds * 1_000_000_000
+    got = conn.execute(
+        sa.update(c)
+        .where(
+            c.c.contract_id == contract_id,
+            c.c.status.in_(PROVISIONABLE),
+            c.c.payment_status == "succeeded",
+            sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
+        )
+        .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now)
+    ).rowcount
+    if got == 1:
+        return {"acquired": True, "contractId": contract_id, "lockedAtNs": now, "expiresAtNs": expires}
+    row = load_for_agent(conn, caller, contract_id)
+    raise _not_open(row) or ApiError(409, "lock held by another agent")
+
+
+def release(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, Any]:
+    load_for_agent(conn, caller, contract_id)
+    now = now_ns()
+    got = conn.execute(
+        sa.update(c).where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey)
+        .values(updated_at_ns=now, **_CLEAR_LOCK)
+    ).rowcount
+    if got == 1:
+        return {"released": True, "contractId": contract_id}
+    row = load_for_agent(conn, caller, contract_id)
+    if row.lock_agent is None:
+        return {"released": False, "contractId": contract_id}
+    raise ApiError(403, "not the lock holder")
+
+
+def provisioned(conn: sa.Connection, caller: Caller, contract_id: str, details: dict[str, Any]) -> dict[str, Any]:
+    load_for_agent(conn, caller, contract_id)
+    now = now_ns()
+    got = conn.execute(
+        sa.update(c)
+        .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status.in_(PROVISIONABLE))
+        .values(status="provisioned", provisioned_by=caller.pubkey, provisioned_at_ns=now, instance_details=details,
+                updated_at_ns=now, **_CLEAR_LOCK)
+    ).rowcount
+    if got == 1:
+        return {"contractId": contract_id, "status": "provisioned", "provisionedAtNs": now, "repeated": False}
+    row = load_for_agent(conn, caller, contract_id)
+    if row.status == "provisioned":
+        if row.provisioned_by != caller.pubkey:
+            raise ApiError(409, "contract already provisioned by another agent")
+        if row.instance_details != details:
+            raise ApiError(409, "contract already provisioned by this agent with different instanceDetails")
+        return {"contractId": contract_id, "status": "provisioned", "provisionedAtNs": row.provisioned_at_ns,
+                "repeated": True}
+    if row.status in ("cancelled", "terminated"):
+        raise ApiError(409, f"contract is {row.status}")
+    if row.lock_agent is None:
+        raise ApiError(403, "not the lock holder: the lock is free (expired or released); lock again, then report")
+    raise ApiError(403, "not the lock holder")
+
+
+def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message: str) -> dict[str, Any]:
+    load_for_agent(conn, caller, contract_id)
+    now = now_ns()
+    row = conn.execute(
+        sa.update(c)
+        .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status != "provisioned")
+        .values(failure_count=c.c.failure_count + 1, last_error=error_message, last_failed_by=caller.pubkey,
+                last_failed_at_ns=now, updated_at_ns=now, **_CLEAR_LOCK)
+        .returning(c.c.status, c.c.failure_count)
+    ).first()
+    if row is not None:
+        return {"contractId": contract_id, "status": row.status, "failureCount": row.failure_count, "repeated": False}
+    row = load_for_agent(conn, caller, contract_id)
+    if row.last_failed_by == caller.pubkey and row.last_error == error_message:
+        return {"contractId": contract_id, "status": row.status, "failureCount": row.failure_count, "repeated": True}
+    if row.status == "provisioned":
+        raise ApiError(409, "contract already provisioned")
+    if row.lock_agent is None:
+        raise ApiError(403, "not the lock holder: the lock is free (expired or released)")
+    raise ApiError(403, "not the lock holder")
+
+
+def terminated(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, Any]:
+    """The agent removed a cancelled contract's instance: cancelled -> terminated (repeat: 200)."""
+    load_for_agent(conn, caller, contract_id)
+    now = now_ns()
+    got = conn.execute(
+        sa.update(c).where(c.c.contract_id == contract_id, c.c.status == "cancelled")
+        .values(status="terminated", terminated_at_ns=now, terminated_by=caller.pubkey, updated_at_ns=now)
+    ).rowcount
+    row = load_for_agent(conn, caller, contract_id)
+    if got == 1 or row.status == "terminated":
+        return {"contractId": contract_id, "status": "terminated", "terminatedAtNs": row.terminated_at_ns,
+                "repeated": got == 0}
+    raise ApiError(409, f"contract is {row.status}, not cancelled: only a cancelled contract's instance is terminated")
+
+
+def expire_locks(conn: sa.Connection, now: int | None = None) -> int:
+    """Clear expired locks (the every-minute job: one idempotent statement, safe on several replicas)."""
+    now = now_ns() if now is None else now
+    return conn.execute(
+        sa.update(c)
+        .where(c.c.lock_expires_ns < now, c.c.status.not_in(("provisioned", "cancelled")))
+        .values(**_CLEAR_LOCK)
+    ).rowcount

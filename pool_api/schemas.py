@@ -1,0 +1,86 @@
+"""Request bodies (camelCase on the wire, strict types, bounded sizes so nothing reaches the database
+that it cannot hold: huge numbers, unknown enum values and wrong types are 422 naming the field)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Region = Literal["europe", "na", "latam", "apac", "mena", "ssa", "cis"]
+ProvisionerType = Literal["proxmox", "script", "manual"]
+
+MAX_INT32 = 2**31 - 1
+MAX_BIG = 2**53  # fits BIGINT and survives a JSON round-trip through float-only clients
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, alias_generator=to_camel, populate_by_name=True,
+                              str_strip_whitespace=True)
+
+
+Name = Field(min_length=1, max_length=200)
+
+
+class PoolCreate(Body):
+    name: str = Name
+    location: Region
+    provisioner_type: ProvisionerType
+
+
+class PoolUpdate(Body):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    location: Region | None = None
+    provisioner_type: ProvisionerType | None = None
+
+
+class TokenCreate(Body):
+    label: str | None = Field(default=None, max_length=200)
+    expires_in_hours: int = Field(default=24, ge=1, le=24 * 365)
+
+
+class SetupRequest(Body):
+    token: str = Field(min_length=1, max_length=256)
+    agent_pubkey: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class OfferingFields(Body):
+    name: str = Name
+    product_type: str = Field(default="compute", min_length=1, max_length=32)
+    datacenter_country: str = Field(max_length=64)
+    provisioner_type: ProvisionerType | None = None
+    agent_pool_id: str | None = Field(default=None, max_length=64)
+    price: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    cpu_cores: int | None = Field(default=None, ge=0, le=1_000_000)
+    memory_mb: int | None = Field(default=None, ge=0, le=MAX_BIG)
+    storage_gb: int | None = Field(default=None, ge=0, le=MAX_BIG)
+    provisioner_config: dict[str, Any] | None = None
+
+
+class OfferingCreate(OfferingFields):
+    offering_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
+
+
+class HeartbeatRequest(Body):
+    version: str = Field(max_length=64)
+    provisioner_type: str | None = Field(default=None, max_length=16)
+    active_contracts: int = Field(default=0, ge=0, le=MAX_INT32)
+    capacity: dict[str, Any] | None = None
+
+
+class ProvisionedRequest(Body):
+    instance_details: dict[str, Any]
+
+
+class FailedRequest(Body):
+    error_message: str = Field(max_length=10_000)
+
+
+class RunningInstance(Body):
+    external_id: str = Field(min_length=1, max_length=256)
+    contract_id: str | None = Field(default=None, max_length=128)
+
+
+class ReconcileRequest(Body):
+    running_instances: list[RunningInstance] = Field(max_length=10_000)

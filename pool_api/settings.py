@@ -1,0 +1,31 @@
+"""Runtime settings of one `dc-pool-api serve` process (the CLI fills them from flags and env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENV_PREFIX = "DC_POOL_API_"
+MAX_BODY_BYTES = 1024 * 1024
+SIGNATURE_SKEW_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    lock_ttl_seconds: int = 300
+    lock_sweep_seconds: float = 60
+    token_sweep_seconds: float = 3600
+    heartbeat_seconds: int = 30
+    public_url: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    skew_seconds: int = SIGNATURE_SKEW_SECONDS
+
+    @property
+    def online_window_ns(self) -> int:
+        """An agent is online when its last heartbeat is younger than three heartbeat periods (min 90 s)."""
+        return max(90, 3 * self.heartbeat_seconds) * 1_000_000_000
+
+    @property
+    def nonce_retention_ns(self) -> int:
+        """Nonces are kept while a request carrying them could still pass the skew check."""
+        return (2 * self.skew_seconds + 60) * 1_000_000_000

@@ -1,0 +1,134 @@
+"""The schema (SPEC.md "Database Schema", adapted): one MetaData, one Table per concept.
+
+Keys are lowercase hex TEXT, times are integer nanoseconds (BIGINT), JSON columns hold objects.
+The Alembic revision in `migrations/versions/` creates exactly these tables; a test compares them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+Json = sa.JSON(none_as_null=True)
+
+providers = sa.Table(
+    "providers", metadata,
+    sa.Column("pubkey", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+)
+
+agent_pools = sa.Table(
+    "agent_pools", metadata,
+    sa.Column("pool_id", sa.String(64), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("location", sa.String(16), nullable=False),
+    sa.Column("provisioner_type", sa.String(16), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("provider_pubkey", "name"),
+)
+
+agent_setup_tokens = sa.Table(
+    "agent_setup_tokens", metadata,
+    # SHA-256 hex of the token: the token itself is shown once and never stored.
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("token_prefix", sa.String(64), nullable=False),
+    sa.Column("pool_id", sa.String(64), sa.ForeignKey("agent_pools.pool_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("label", sa.String(200)),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("used_at_ns", sa.BigInteger),
+    sa.Column("used_by_agent", sa.String(64)),
+    sa.Index(None, "pool_id"),
+    sa.Index(None, "expires_at_ns"),
+)
+
+agent_delegations = sa.Table(
+    "agent_delegations", metadata,
+    sa.Column("agent_pubkey", sa.String(64), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey"), nullable=False),
+    # NULL = legacy agent: sees all of its provider's contracts.
+    sa.Column("pool_id", sa.String(64), sa.ForeignKey("agent_pools.pool_id", ondelete="SET NULL")),
+    sa.Column("label", sa.String(200)),
+    sa.Column("permissions", Json),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at_ns", sa.BigInteger),
+    sa.Column("last_seen_ns", sa.BigInteger),
+    sa.Column("version", sa.String(64)),
+    sa.Column("provisioner_type", sa.String(16)),
+    sa.Column("active_contracts", sa.Integer),
+    sa.Column("capacity", Json),
+    sa.Index(None, "provider_pubkey"),
+    sa.Index(None, "pool_id"),
+)
+
+offerings = sa.Table(
+    "offerings", metadata,
+    sa.Column("offering_id", sa.String(128), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("product_type", sa.String(32), nullable=False),
+    sa.Column("datacenter_country", sa.String(64), nullable=False),
+    # country_to_region(datacenter_country), stored so pending-provision can filter in SQL.
+    sa.Column("region", sa.String(16)),
+    sa.Column("provisioner_type", sa.String(16)),
+    sa.Column("provisioner_config", Json),
+    sa.Column("agent_pool_id", sa.String(64), sa.ForeignKey("agent_pools.pool_id", ondelete="SET NULL")),
+    sa.Column("price", sa.Float),
+    sa.Column("cpu_cores", sa.Integer),
+    sa.Column("memory_mb", sa.BigInteger),
+    sa.Column("storage_gb", sa.BigInteger),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Index(None, "provider_pubkey", "agent_pool_id"),
+    sa.Index(None, "provider_pubkey", "region"),
+)
+
+contracts = sa.Table(
+    "contracts", metadata,
+    sa.Column("contract_id", sa.String(64), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey"), nullable=False),
+    sa.Column("offering_id", sa.String(128), sa.ForeignKey("offerings.offering_id"), nullable=False),
+    sa.Column("requester_ssh_pubkey", sa.Text),
+    sa.Column("instance_config", Json),
+    # requested | accepted | provisioning | provisioned | cancelled | terminated
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("payment_status", sa.String(16), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("lock_agent", sa.String(64)),
+    sa.Column("lock_at_ns", sa.BigInteger),
+    sa.Column("lock_expires_ns", sa.BigInteger),
+    sa.Column("provisioned_by", sa.String(64)),
+    sa.Column("provisioned_at_ns", sa.BigInteger),
+    sa.Column("instance_details", Json),
+    sa.Column("failure_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_failed_by", sa.String(64)),
+    sa.Column("last_failed_at_ns", sa.BigInteger),
+    sa.Column("cancelled_at_ns", sa.BigInteger),
+    sa.Column("terminated_at_ns", sa.BigInteger),
+    sa.Column("terminated_by", sa.String(64)),
+    # pending-provision: provider + status, oldest first.
+    sa.Index(None, "provider_pubkey", "status", "created_at_ns"),
+    sa.Index(None, "offering_id"),
+    # the lock-expiry sweep
+    sa.Index(None, "lock_expires_ns"),
+)
+
+request_nonces = sa.Table(
+    "request_nonces", metadata,
+    sa.Column("pubkey", sa.String(64), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("seen_at_ns", sa.BigInteger, nullable=False),
+    sa.Index(None, "seen_at_ns"),
+)
