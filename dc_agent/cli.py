@@ -1,0 +1,174 @@
+"""`dc-agent`: the command line. Start-up stays cheap: each command imports its module when it runs.
+
+Commands: setup, run, status, manual (list, done, fail). Settings: flags > DC_AGENT_* > file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dc_agent import __version__
+
+app = typer.Typer(
+    name="dc-agent",
+    help="The Decent Cloud provisioning agent: takes contracts of its pool from the marketplace API, "
+         "provisions them with the configured driver (script, manual or proxmox) and reports the result.\n\n"
+         "First `dc-agent setup --token TOKEN`, then configure [provisioner] in the config file, "
+         "then `dc-agent run` (or enable the systemd service). `dc-agent status` explains what is wrong.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+manual_app = typer.Typer(
+    help="Provision by hand (`[provisioner] type = \"manual\"`): list the contracts the running agent holds "
+         "for an operator, and hand in the result. The agent keeps renewing each lock until then.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(manual_app, name="manual", short_help="Provision by hand: list, done, fail.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", envvar="DC_AGENT_CONFIG", show_envvar=True,
+                         help="Config file [default: /etc/dc-agent/config.toml as root, "
+                              "else ~/.config/dc-agent/config.toml].")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dc-agent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Decent Cloud provisioning agent."""
+
+
+@app.command(short_help="Register this machine as an agent of a pool (one-time token).")
+def setup(
+    token: str = typer.Option(..., "--token", "-t", envvar="DC_AGENT_SETUP_TOKEN", show_envvar=True,
+                              help="One-time setup token from the pool's 'Add agent' dialog (apt_…)."),
+    api_url: str = typer.Option("https://api.dcmarket.io", "--api-url", envvar="DC_AGENT_API_URL",
+                                show_envvar=True, help="Base URL of the marketplace API."),
+    config: Optional[Path] = ConfigOpt,
+    label: Optional[str] = typer.Option(None, "--label", help="A name for this agent (default: host name)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing config and key (a new identity)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DC_AGENT_STATE_DIR", show_envvar=True,
+                                             help="Outbox and status directory [default: /var/lib/dc-agent as "
+                                                  "root; <config dir>/state for a --config elsewhere]."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", envvar="DC_AGENT_CA_CERT", show_envvar=True,
+                                           help="PEM file of a private CA that signed the API's certificate."),
+) -> None:
+    """Register this machine as an agent of a pool: make a key (0600), redeem the token, write the config.
+
+    Refuses to replace an existing config without --force. On any failure nothing is left behind.
+    """
+    from dc_agent.commands.setup import run_setup
+
+    raise typer.Exit(run_setup(token=token, api_url=api_url, config=config, label=label, force=force,
+                               state_dir=state_dir, ca_cert=ca_cert))
+
+
+@app.command(short_help="Run the agent (the daemon; --once for one cycle).")
+def run(
+    config: Optional[Path] = ConfigOpt,
+    once: bool = typer.Option(False, "--once", help="Run one cycle (heartbeat, outbox, poll, provision) and exit."),
+    api_url: Optional[str] = typer.Option(None, "--api-url", envvar="DC_AGENT_API_URL", show_envvar=True,
+                                          help="Override [agent] api_url."),
+    poll_interval_seconds: Optional[float] = typer.Option(
+        None, "--poll-interval-seconds", envvar="DC_AGENT_POLL_INTERVAL_SECONDS", show_envvar=True,
+        help="Override [agent] poll_interval_seconds."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", envvar="DC_AGENT_MAX_CONCURRENT",
+                                                 show_envvar=True, help="Override [agent] max_concurrent."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DC_AGENT_STATE_DIR", show_envvar=True,
+                                             help="Override [agent] state_dir."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", envvar="DC_AGENT_LOG_LEVEL", show_envvar=True,
+                                            help="debug, info, warning or error."),
+    log_format: str = typer.Option("auto", "--log-format", envvar="DC_AGENT_LOG_FORMAT", show_envvar=True,
+                                   help="auto (JSON unless stdout is a terminal), json or console."),
+) -> None:
+    """Run the agent: heartbeat, take contracts of the pool, provision, renew locks, report, reconcile.
+
+    SIGTERM/SIGINT: stop taking contracts and let running ones finish (shutdown_grace_seconds), then cancel
+    and release them; a second signal cancels at once.
+    """
+    from dc_agent.commands.run import run_agent
+
+    overrides = {"api_url": api_url, "poll_interval_seconds": poll_interval_seconds,
+                 "max_concurrent": max_concurrent, "state_dir": str(state_dir) if state_dir else None,
+                 "log_level": log_level}
+    raise typer.Exit(run_agent(config=config, overrides=overrides, once=once, log_format=log_format))
+
+
+@app.command(short_help="Check config, key, API, signature, provisioner; exit 0 if healthy.")
+def status(
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    api_url: Optional[str] = typer.Option(None, "--api-url", envvar="DC_AGENT_API_URL", show_envvar=True,
+                                          help="Override [agent] api_url."),
+) -> None:
+    """Explain the agent's health: config, identity, API reachable, signature accepted (a signed
+    heartbeat), last poll, contracts in progress, outbox backlog, provisioner health, version.
+
+    Exit status 0 when healthy, 1 otherwise. Secrets are shown as ***.
+    """
+    from dc_agent.commands.status import run_status
+
+    raise typer.Exit(run_status(config=config, as_json=as_json, overrides={"api_url": api_url}))
+
+
+@manual_app.command("list", short_help="Contracts waiting for an operator.")
+def manual_list(
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Contracts waiting for an operator, and instances the agent asks to be removed."""
+    from dc_agent.commands.manual import run_list
+
+    raise typer.Exit(run_list(config=config, as_json=as_json))
+
+
+@manual_app.command("done", short_help="Hand in a machine you provisioned.")
+def manual_done(
+    contract: str = typer.Argument(..., help="Contract id (see `dc-agent manual list`)."),
+    ip: str = typer.Option(..., "--ip", help="IPv4 address of the machine."),
+    ssh_port: int = typer.Option(22, "--ssh-port", help="SSH port."),
+    ipv6: Optional[str] = typer.Option(None, "--ipv6", help="IPv6 address."),
+    external_id: Optional[str] = typer.Option(None, "--external-id", help="Your name for the machine "
+                                                                           "[default: manual-<contract>]."),
+    root_password: Optional[str] = typer.Option(None, "--root-password", envvar="DC_AGENT_ROOT_PASSWORD",
+                                                help="Root password to hand to the tenant (prefer the env var)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Hand in a machine you provisioned; the running agent reports it."""
+    from dc_agent.commands.manual import run_done
+
+    raise typer.Exit(run_done(config=config, contract=contract, ip=ip, ssh_port=ssh_port, ipv6=ipv6,
+                              external_id=external_id, root_password=root_password))
+
+
+@manual_app.command("fail", short_help="Give a contract back as failed.")
+def manual_fail(
+    contract: str = typer.Argument(..., help="Contract id (see `dc-agent manual list`)."),
+    reason: str = typer.Option(..., "--reason", help="Why it cannot be provisioned (shown to the provider)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Give a contract back as failed; the running agent reports it and releases the lock."""
+    from dc_agent.commands.manual import run_fail
+
+    raise typer.Exit(run_fail(config=config, contract=contract, reason=reason))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`dc-agent status`: one check per line (or `--json`), exit 0 only when healthy. Never prints a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dc_agent import __version__
+
+
+def _ago(ns: int | None) -> str:
+    if not ns:
+        return "never"
+    seconds = max(0.0, (time.time_ns() - int(ns)) / 1e9)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    from dc_agent import config as cfg
+    from dc_agent import keys
+    from dc_agent.errors import ConfigFileError
+    import provisioners
+
+    report: dict[str, Any] = {"version": __version__, "healthy": False, "checks": {}, "problems": []}
+    checks = report["checks"]
+    problems: list[str] = report["problems"]
+    report["configPath"] = str(cfg.resolve_config_path(config))
+    try:
+        settings = cfg.load(config, overrides)
+    except ConfigFileError as exc:
+        checks["config"] = False
+        problems.append(str(exc))
+        return report
+    checks["config"] = True
+    report["config"] = settings.public_view()
+    report["provider"] = settings.provider_pubkey
+    report["pool"] = {"id": settings.pool_id, "name": settings.pool_name}
+    report["provisioner"] = {"type": settings.provisioner_type}
+
+    # identity
+    key = None
+    try:
+        key = keys.load(settings.private_key_path)
+        report["agentPubkey"] = keys.public_hex(key)
+        checks["key"] = True
+        loose = keys.loose_permissions(settings.private_key_path)
+        if loose:
+            problems.append(loose)
+    except ConfigFileError as exc:
+        checks["key"] = False
+        problems.append(str(exc))
+
+    # the running agent (status.json + the state directory lock)
+    from dc_agent.state import StateDirLock, read_status
+
+    state = read_status(settings.state_dir) or {}
+    running_pid = StateDirLock(settings.state_dir).held_by_other() if settings.state_dir.exists() else None
+    outbox_dir = settings.state_dir / "outbox"
+    backlog = len(list(outbox_dir.glob("*.json"))) if outbox_dir.exists() else 0
+    report["agent"] = {
+        "running": running_pid is not None,
+        "pid": running_pid,
+        "lastPollNs": state.get("lastPollNs"),
+        "lastHeartbeatNs": state.get("lastHeartbeatNs"),
+        "lastError": state.get("lastError"),
+        "draining": state.get("draining", False),
+        "inProgress": state.get("inProgress", {}) if running_pid else {},
+        "counters": state.get("counters", {}),
+        "conflictsByContract": state.get("conflictsByContract", {}),
+    }
+    report["outboxBacklog"] = backlog
+    if running_pid:
+        last_poll = state.get("lastPollNs")
+        stale_after = 3 * settings.poll_interval_seconds + 60
+        fresh = bool(last_poll) and (time.time_ns() - int(last_poll)) / 1e9 < stale_after
+        checks["polling"] = fresh
+        if not fresh:
+            problems.append(f"the running agent has not polled successfully for over {stale_after:.0f} s "
+                            f"(last: {_ago(last_poll)}; last error: {state.get('lastError') or 'none'})")
+
+    # provisioner
+    try:
+        driver = provisioners.load(settings.provisioner_type, cfg.driver_settings(settings),
+                                   config_path=settings.config_path)
+        health = driver.health()
+        report["provisioner"].update({"healthy": health.ok, "detail": health.detail, "checks": health.checks})
+        checks["provisioner"] = health.ok
+        if not health.ok:
+            problems.append(f"provisioner: {health.detail}")
+    except provisioners.ConfigError as exc:
+        checks["provisioner"] = False
+        report["provisioner"].update({"healthy": False, "detail": str(exc)})
+        problems.append(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a driver's health check must not crash status
+        checks["provisioner"] = False
+        report["provisioner"].update({"healthy": False, "detail": f"{type(exc).__name__}: {exc}"})
+        problems.append(f"provisioner: {type(exc).__name__}: {exc}")
+
+    # API: a signed heartbeat proves both reachability and that the signature is accepted
+    if key is not None:
+        report["api"] = asyncio.run(_probe_api(settings, key, len(report["agent"]["inProgress"])))
+        checks["apiReachable"] = report["api"]["reachable"]
+        checks["signatureAccepted"] = report["api"]["signatureAccepted"]
+        if report["api"].get("error"):
+            problems.append(report["api"]["error"])
+    report["healthy"] = all(checks.values())
+    from dc_agent.redact import redact_value
+
+    return redact_value(report)
+
+
+async def _probe_api(settings: Any, key: Any, active: int) -> dict[str, Any]:
+    from dc_agent.client import ApiClient
+    from dc_agent.errors import ApiError, ConfigFileError, Forbidden, ServerError, Unauthorized, Unreachable
+
+    out: dict[str, Any] = {"url": settings.api_url, "reachable": False, "signatureAccepted": False}
+    try:
+        client = ApiClient(settings.api_url, key, settings.provider_pubkey, timeout=min(10.0, settings.request_timeout_seconds),
+                           ca_cert=settings.ca_cert)
+    except ConfigFileError as exc:
+        out["error"] = str(exc)
+        return out
+    started = time.monotonic()
+    try:
+        data = await client.heartbeat(version=__version__, provisioner_type=settings.provisioner_type,
+                                      active_contracts=active, capacity=settings.max_concurrent, policy="status")
+        out.update(reachable=True, signatureAccepted=True, poolName=data.get("poolName"),
+                   nextHeartbeatSeconds=data.get("nextHeartbeatSeconds"))
+    except Unreachable as exc:
+        out["error"] = f"API not reachable at {settings.api_url}: {exc.detail}; check the network, DNS, firewall, TLS"
+    except (Unauthorized, Forbidden) as exc:
+        out["reachable"] = True
+        out["error"] = (f"the API refused this agent's signature ({exc}); check the clock (NTP), and that the agent "
+                        "was not revoked; re-register with `dc-agent setup --force --token NEW_TOKEN`")
+    except ServerError as exc:
+        out["reachable"] = True
+        out["error"] = f"the API answered with a server error ({exc}); try again later"
+    except ApiError as exc:
+        out["reachable"] = True
+        out["error"] = f"heartbeat refused: {exc}"
+    finally:
+        out["latencyMs"] = round((time.monotonic() - started) * 1000)
+        await client.aclose()
+    return out
+
+
+def _table(report: dict[str, Any]) -> str:
+    checks = report.get("checks", {})
+
+    def mark(name: str) -> str:
+        value = checks.get(name)
+        return "ok  " if value else ("FAIL" if value is False else "-   ")
+
+    agent = report.get("agent", {})
+    cfg = report.get("config", {})
+    prov = report.get("provisioner", {})
+    api = report.get("api", {})
+    in_progress = agent.get("inProgress") or {}
+    counters = agent.get("counters") or {}
+    rows = [
+        (mark("config"), "config", report.get("configPath", "")),
+        ("    ", "version", report.get("version", "")),
+        ("    ", "provider", report.get("provider", "-")),
+        ("    ", "pool", f"{(report.get('pool') or {}).get('name') or ''} ({(report.get('pool') or {}).get('id') or '-'})"),
+        (mark("key"), "agent key", f"{cfg.get('private_key_path', '-')} -> {report.get('agentPubkey', '-')}"),
+        (mark("apiReachable"), "API reachable", f"{api.get('url', cfg.get('api_url', '-'))}"
+                                                 + (f" ({api.get('latencyMs')} ms)" if api.get("latencyMs") is not None else "")),
+        (mark("signatureAccepted"), "signature accepted", "yes (signed heartbeat)" if api.get("signatureAccepted") else "no"),
+        (mark("provisioner"), "provisioner", f"{prov.get('type', '-')}: {prov.get('detail', '')}"),
+        (mark("polling"), "agent process", (f"running (pid {agent.get('pid')})" if agent.get("running") else "not running")
+         + (", draining" if agent.get("draining") else "")),
+        ("    ", "last successful poll", _ago(agent.get("lastPollNs"))),
+        ("    ", "in progress", ", ".join(f"{cid} ({v.get('phase')}, {v.get('seconds')} s)" for cid, v in in_progress.items())
+         or "none"),
+        ("    ", "outbox backlog", str(report.get("outboxBacklog", 0))),
+        ("    ", "counters", ", ".join(f"{k}={v}" for k, v in counters.items() if v) or "none"),
+    ]
+    lines = [f"{m} {name:<22} {value}" for m, name, value in rows]
+    lines.append("")
+    lines.append("HEALTHY" if report.get("healthy") else "UNHEALTHY")
+    for problem in report.get("problems", []):
+        lines.append(f"  - {problem}")
+    return "\n".join(lines)
+
+
+def run_status(*, config: Path | None, as_json: bool, overrides: dict[str, Any]) -> int:
+    report = collect(config, overrides)
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(_table(report))
+    return 0 if report.get("healthy") else 1
