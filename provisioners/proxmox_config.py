@@ -26,8 +26,8 @@ KNOWN = {
     "storage", "bridge", "verify_tls", "ca_cert", "full_clone", "ip_timeout_seconds",
     "task_timeout_seconds", "api_timeout_seconds", "poll_interval_seconds", "vmid_range", "ciuser",
     "ipconfig0", "pool", "max_parallel_clones",
-    # Written by some config generators next to the driver's own keys; ignored.
-    "type",
+    # Not the driver's: `type` (a flat [provisioner] table) and `state_dir` (added by the agent); ignored.
+    "type", "state_dir",
 }
 
 
@@ -138,7 +138,7 @@ def parse_settings(settings: dict[str, Any], config_path: Path | None = None) ->
     unknown = sorted(set(settings) - KNOWN)
     if unknown:
         raise _err(unknown[0], "is not a setting of the proxmox driver",
-                   "remove it or fix its spelling (known: " + ", ".join(sorted(KNOWN - {"type"})) + ")")
+                   "remove it or fix its spelling (known: " + ", ".join(sorted(KNOWN - {"type", "state_dir"})) + ")")
 
     api_url = _str(settings, "api_url", required=True, fix='e.g. api_url = "https://pve1.example.net:8006"')
     assert api_url is not None
