@@ -132,3 +132,24 @@ request_nonces = sa.Table(
     sa.Column("seen_at_ns", sa.BigInteger, nullable=False),
     sa.Index(None, "seen_at_ns"),
 )
+
+# Provider web pages (pool_api/pages): one-time sign-in links and browser sessions. Only SHA-256
+# hashes of the link token and of the session cookie are stored.
+provider_login_links = sa.Table(
+    "provider_login_links", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("used_at_ns", sa.BigInteger),
+    sa.Index(None, "expires_at_ns"),
+)
+
+provider_sessions = sa.Table(
+    "provider_sessions", metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column("provider_pubkey", sa.String(64), sa.ForeignKey("providers.pubkey", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=False),
+    sa.Index(None, "expires_at_ns"),
+)
