@@ -157,7 +157,7 @@ class ApiClient:
     # -- agent endpoints ------------------------------------------------------------------------------
 
     async def heartbeat(self, *, version: str, provisioner_type: str, active_contracts: int,
-                        capacity: int | None = None, policy: str = "heartbeat") -> dict[str, Any]:
+                        capacity: dict[str, Any] | None = None, policy: str = "heartbeat") -> dict[str, Any]:
         body: dict[str, Any] = {"version": version, "provisionerType": provisioner_type,
                                 "activeContracts": active_contracts}
         if capacity is not None:

@@ -25,7 +25,7 @@ class Redact:
     def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         for key in list(event_dict):
             value = event_dict[key]
-            if is_secret_key(key) and value not in (None, ""):
+            if is_secret_key(key) and value not in (None, "") and not isinstance(value, (bool, int, float)):
                 event_dict[key] = self.mask
             else:
                 event_dict[key] = redact_value(value)

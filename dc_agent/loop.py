@@ -262,7 +262,9 @@ class Agent:
     async def _heartbeat_once(self) -> float:
         try:
             data = await self.client.heartbeat(version=__version__, provisioner_type=self.settings.provisioner_type,
-                                               active_contracts=len(self.jobs), capacity=self.settings.max_concurrent)
+                                               active_contracts=len(self.jobs),
+                                               capacity={"maxConcurrent": self.settings.max_concurrent,
+                                                         "freeSlots": max(0, self.free_slots)})
         except ApiError as exc:
             self.state.count("heartbeat_errors")
             self.state.last_error = str(exc)

@@ -41,7 +41,7 @@ def redact_value(value: Any) -> Any:
 def redact_mapping(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if is_secret_key(str(key)) and value not in (None, "", {}):
+        if is_secret_key(str(key)) and value not in (None, "", {}) and not isinstance(value, (bool, int, float)):
             out[key] = MASK
         else:
             out[key] = redact_value(value)

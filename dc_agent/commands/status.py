@@ -130,7 +130,8 @@ async def _probe_api(settings: Any, key: Any, active: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
         data = await client.heartbeat(version=__version__, provisioner_type=settings.provisioner_type,
-                                      active_contracts=active, capacity=settings.max_concurrent, policy="status")
+                                      active_contracts=active, capacity={"maxConcurrent": settings.max_concurrent},
+                                      policy="status")
         out.update(reachable=True, signatureAccepted=True, poolName=data.get("poolName"),
                    nextHeartbeatSeconds=data.get("nextHeartbeatSeconds"))
     except Unreachable as exc:
