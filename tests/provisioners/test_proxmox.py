@@ -443,27 +443,29 @@ class TestHealthAndTls:
 
 
 class TestLeastPrivilege:
-    """The privileges the README lists are enough, on the paths it gives (fakepve checks PVE's rules)."""
+    """The README's roles and ACLs are enough (fakepve checks PVE 9's permission rules per call)."""
 
     TOKEN = "dc-agent@pve!provisioning"
+    # README, "Create the API token": role -> privileges, and where each role is granted.
+    ROLES = {
+        "DCAgentVM": ("VM.Allocate", "VM.Audit", "VM.Config.Options", "VM.Config.CPU", "VM.Config.Memory",
+                      "VM.Config.Cloudinit", "VM.Config.Disk", "VM.PowerMgmt", "VM.GuestAgent.Audit"),
+        "DCAgentTemplate": ("VM.Clone", "VM.Audit"),
+        "DCAgentStorage": ("Datastore.AllocateSpace",),
+        "DCAgentNet": ("SDN.Use",),
+    }
+    ACLS = (("/pool/dc-vms", "DCAgentVM"), (f"/vms/{TEMPLATE_VMID}", "DCAgentTemplate"),
+            ("/storage/local-lvm", "DCAgentStorage"), ("/sdn/zones/localnetwork/vmbr0", "DCAgentNet"))
 
-    def grant_readme_privileges(self, fake: FakePveServer, *, skip: str = "") -> None:
-        pve = fake.pve
-        pve.pools["dc-vms"] = set()
-        pve._pool_join("dc-vms", TEMPLATE_VMID)  # noqa: SLF001 - the fake's own pool bookkeeping
-
-        def grant(path: str, *privs: str) -> None:
-            for user in (self.TOKEN, self.TOKEN.split("!")[0]):  # privilege separation: user and token
-                pve.grant(user, path, *[p for p in privs if p != skip])
-
-        grant("/pool/dc-vms", "VM.Allocate", "VM.Clone", "VM.Audit", "VM.Config.Options", "VM.Config.CPU",
-              "VM.Config.Memory", "VM.Config.Cloudinit", "VM.Config.Disk", "VM.Config.Network", "VM.PowerMgmt",
-              "VM.GuestAgent.Audit")
-        grant("/storage/local-lvm", "Datastore.AllocateSpace")
-        grant("/sdn/zones/localnetwork/vmbr0", "SDN.Use")
+    def grant_readme_acls(self, fake: FakePveServer, *, skip: str = "") -> None:
+        fake.pve.pools["dc-vms"] = set()
+        for path, role in self.ACLS:
+            privs = [p for p in self.ROLES[role] if p != skip]
+            for who in (self.TOKEN, self.TOKEN.split("!")[0]):  # privilege separation: token and its user
+                fake.pve.grant(who, path, *privs)
 
     def test_readme_privileges_suffice(self, fake: FakePveServer) -> None:
-        self.grant_readme_privileges(fake)
+        self.grant_readme_acls(fake)
         drv = driver(fake, pool="dc-vms")
         assert drv.health().ok
         made = drv.provision(contract(), threading.Event())
@@ -474,7 +476,14 @@ class TestLeastPrivilege:
         assert fake.vms() == []
 
     def test_missing_guest_agent_privilege_is_named(self, fake: FakePveServer) -> None:
-        self.grant_readme_privileges(fake, skip="VM.GuestAgent.Audit")
+        self.grant_readme_acls(fake, skip="VM.GuestAgent.Audit")
         with pytest.raises(ProvisionError, match=r"403 .*VM.GuestAgent.Audit.*; VM \d+ removed"):
+            driver(fake, pool="dc-vms").provision(contract(), threading.Event())
+        assert fake.vms() == []
+
+    def test_clone_refused_without_the_pool_grant(self, fake: FakePveServer) -> None:
+        """Without VM.Allocate on the pool (or /vms), the clone is refused with PVE's 403; nothing made."""
+        self.grant_readme_acls(fake, skip="VM.Allocate")
+        with pytest.raises(ProvisionError, match=r"while cloning template 9000 to VM \d+: 403"):
             driver(fake, pool="dc-vms").provision(contract(), threading.Event())
         assert fake.vms() == []
