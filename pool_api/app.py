@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from pool_api import jobs
+from pool_api import jobs, pages
 from pool_api.db import create_engine
 from pool_api.envelope import install_error_handlers
 from pool_api.middleware import AccessLog, BodyLimit
@@ -42,6 +42,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs:
     app.include_router(health.router)
     app.include_router(agents.router)
     app.include_router(providers.router)
+    app.include_router(pages.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     return app

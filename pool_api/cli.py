@@ -128,6 +128,27 @@ def provider_add(
     typer.echo(pubkey)
 
 
+@app.command("login-link")
+def login_link(
+    pubkey: Annotated[str, typer.Option(help="The provider's Ed25519 public key, 64 hex characters.")],
+    database_url: DatabaseUrl = None,
+    base_url: Annotated[Optional[str], typer.Option(
+        help="Public URL of the server, as the browser reaches it (default: --public-url of serve, else "
+             "http://127.0.0.1:8080).", **_env("PUBLIC_URL"))] = None,
+    ttl_minutes: Annotated[int, typer.Option(min=1, max=1440, help="Minutes until the link expires.")] = 10,
+) -> None:
+    """Print a one-time sign-in link to the provider web pages (/provider) for a registered provider."""
+    from pool_api.auth import HEX64
+    from pool_api.pages.auth import create_login_link
+
+    if not HEX64.match(pubkey):
+        _fail("--pubkey: must be a 32-byte Ed25519 public key in hex (64 characters)")
+    url, _expires = _run(database_url, lambda conn: create_login_link(
+        conn, pubkey, base_url or "http://127.0.0.1:8080", ttl_minutes))
+    typer.echo(url)
+    typer.echo(f"Open it in your browser within {ttl_minutes} minutes; it signs in once.", err=True)
+
+
 def _json_option(value: str | None, flag: str) -> dict[str, Any] | None:
     if value is None:
         return None

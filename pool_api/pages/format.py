@@ -1,0 +1,55 @@
+"""Small display helpers for the templates (registered as Jinja2 filters)."""
+
+from __future__ import annotations
+
+NS = 1_000_000_000
+
+
+def ago(ns: int | None, now_ns: int) -> str:
+    """`30s ago`, `5m ago`, `2h ago`, `3d ago`; `never` for no timestamp."""
+    if ns is None:
+        return "never"
+    seconds = (now_ns - ns) // NS
+    if seconds < 1:
+        return "just now"
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def remaining(ns: int, now_ns: int) -> str:
+    """Time until `ns`: `23h 55m`, `42m`, `3d 4h`; `expired` when past."""
+    seconds = (ns - now_ns) // NS
+    if seconds <= 0:
+        return "expired"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{max(minutes, 1)}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def short_key(key: str | None) -> str:
+    """`1a2b3c4d…9f0e` for a 64-hex key."""
+    if not key:
+        return ""
+    return key if len(key) <= 14 else f"{key[:8]}…{key[-4:]}"
+
+
+def size_mb(mb: int | None) -> str:
+    if mb is None:
+        return "—"
+    if mb >= 1024 and mb % 1024 == 0:
+        return f"{mb // 1024} GB"
+    return f"{mb} MB"
+
+
+def price(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f}"
