@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDet
 from provisioners.proxmox_config import STORAGE_ID, VMID_MAX, VMID_MIN, NODE_NAME, ProxmoxSettings, parse_settings
 from provisioners.proxmox_guest import (
     AGENT_TAG,
+    attempt_of_description,
     boot_disk,
     contract_of_description,
     contract_of_tags,
@@ -317,14 +319,14 @@ class ProxmoxProvisioner:
                 return str(res["node"])
         raise ProvisionError(f"template VM {template} not found (or the token lacks VM.Audit on it)")
 
-    def _start_clone(self, contract: Contract, node: str, template: int, storage: str | None,
+    def _start_clone(self, contract: Contract, node: str, template: int, storage: str | None, attempt: str,
                      cancel: threading.Event) -> tuple[int, str]:
         """Pick a VMID and ask for the clone; a VMID taken meanwhile (another agent) means a new one."""
         source = self._call(f"looking up template {template}", lambda: self._template_node(template),
                             cancel=cancel)
         params: dict[str, Any] = {
             "name": vm_name(contract.contract_id),
-            "description": description(contract.contract_id),
+            "description": description(contract.contract_id, attempt),
             "full": 1 if self.cfg.full_clone else 0,
         }
         if storage and self.cfg.full_clone:
@@ -381,22 +383,25 @@ class ProxmoxProvisioner:
             self._check(cancel, "while waiting for a clone slot")
         vmid: int | None = None
         running_clone: str | None = None  # the clone task's UPID until it has ended
+        # Written into the VM's description: clean-up destroys the VM only while this attempt still owns
+        # it (an agent that adopted it after our lease expired has written its own).
+        attempt = secrets.token_hex(8)
         try:
             try:
-                vmid, running_clone = self._start_clone(contract, node, template, storage, cancel)
+                vmid, running_clone = self._start_clone(contract, node, template, storage, attempt, cancel)
                 self.wait_task(running_clone, f"clone of template {template} to VM {vmid}", cancel)
                 running_clone = None
             finally:
                 slot.release()
-            return self._finish(contract, node, vmid, template, cancel)
+            return self._finish(contract, node, vmid, template, attempt, cancel)
         except BaseException as exc:
             if isinstance(exc, _UnsureClone):
                 vmid = exc.vmid
-            if vmid is None:
+            if vmid is None or isinstance(exc, _Adopted):
                 if isinstance(exc, ProvisionError) or not isinstance(exc, Exception):
                     raise
                 raise ProvisionError(f"unexpected error before the clone: {_describe(exc)}") from exc
-            problem = self._remove(node, vmid, contract.contract_id, running_clone)
+            problem = self._remove(node, vmid, contract.contract_id, attempt, running_clone)
             note = f"; VM {vmid} removed" if problem is None else f"; {problem}"
             if isinstance(exc, Cancelled):
                 raise Cancelled(f"provisioning cancelled{note}") from exc
@@ -408,7 +413,7 @@ class ProxmoxProvisioner:
                 raise ProvisionError(f"unexpected error on VM {vmid}: {_describe(exc)}{note}") from exc
             raise  # KeyboardInterrupt and the like, after the clean-up
 
-    def _finish(self, contract: Contract, node: str, vmid: int, template: int,
+    def _finish(self, contract: Contract, node: str, vmid: int, template: int, attempt: str,
                 cancel: threading.Event) -> InstanceDetails:
         """Everything after the clone: mark, configure, grow the disk, start, wait for the address."""
         config = self._wait_unlocked(node, vmid, f"waiting for VM {vmid} to be unlocked after the clone", cancel)
@@ -435,6 +440,9 @@ class ProxmoxProvisioner:
 
         mac = net_mac(config.get("net0"))
         ipv4, ipv6 = self._wait_for_address(node, vmid, mac, cancel)
+        now = self._call(f"reading the config of VM {vmid}", lambda: vm.config.get(), cancel=cancel)
+        if attempt_of_description(now.get("description")) != attempt:
+            raise _Adopted(f"VM {vmid} was adopted by another provisioning of this contract meanwhile")
         log.info("proxmox: contract %s: VM %s on %s is up at %s %s", contract.contract_id, vmid, node, ipv4, ipv6)
         return self._details(node, vmid, ipv4, ipv6, name=str(config.get("name") or vm_name(contract.contract_id)),
                              template=template)
@@ -505,7 +513,7 @@ class ProxmoxProvisioner:
 
     # ------------------------------------------------------------------ removal
 
-    def _remove(self, node: str, vmid: int, contract_id: str, clone_upid: str | None) -> str | None:
+    def _remove(self, node: str, vmid: int, contract_id: str, attempt: str, clone_upid: str | None) -> str | None:
         """Stop and destroy a VM this provision made. None when it is gone; else what went wrong."""
         if clone_upid:
             try:  # a clone still running cannot be destroyed: ask PVE to stop it, then wait for its end
@@ -522,9 +530,9 @@ class ProxmoxProvisioner:
             return None
         except (ResourceException, requests.RequestException) as exc:
             return f"VM {vmid} could not be checked for removal ({_describe(exc)}); remove it by hand"
-        owner = contract_of_description(config.get("description")) or contract_of_tags(config.get("tags"))
-        if owner != contract_id:
-            return f"VM {vmid} is not marked as this contract's, so it was left alone"
+        text = config.get("description")
+        if contract_of_description(text) != contract_id or attempt_of_description(text) != attempt:
+            return f"VM {vmid} is not (or no longer) this attempt's, so it was left alone"
         return self._destroy(node, vmid)
 
     def _destroy(self, node: str, vmid: int) -> str | None:
@@ -591,6 +599,9 @@ class ProxmoxProvisioner:
                     log.warning("proxmox: contract %s: VM %s cannot be adopted (%s); destroying it",
                                 contract_id, vmid, exc)
                 else:
+                    # Take the VM over: the attempt that made it (if still alive) must not destroy it now.
+                    text = description(contract_id, f"adopted-{secrets.token_hex(8)}")
+                    self._call(f"adopting VM {vmid}", lambda: self._vm(node, vmid).config.put(description=text))
                     found = self._details(node, vmid, ipv4, ipv6, name=str(config.get("name") or ""))
                     log.info("proxmox: contract %s: adopted running VM %s on %s", contract_id, vmid, node)
                     continue
@@ -657,3 +668,7 @@ class _UnsureClone(ProvisionError):
     def __init__(self, vmid: int, message: str) -> None:
         super().__init__(message)
         self.vmid = vmid
+
+
+class _Adopted(ProvisionError):
+    """Another provisioning of the contract (an agent that took over the lease) adopted our VM."""

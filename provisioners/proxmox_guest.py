@@ -13,6 +13,7 @@ from typing import Any
 AGENT_TAG = "dc-agent"
 CONTRACT_TAG_PREFIX = "dc-contract-"
 DESCRIPTION_MARKER = "dc-agent contract: "
+ATTEMPT_MARKER = "dc-agent attempt: "
 NAME_PREFIX = "dc-"
 NAME_MAX = 63  # one DNS label
 
@@ -94,16 +95,25 @@ def vm_name(contract_id: str) -> str:
     return name if name != NAME_PREFIX.rstrip("-") else "dc-contract"
 
 
-def description(contract_id: str) -> str:
-    return (f"{DESCRIPTION_MARKER}{contract_id}\n\n"
+def description(contract_id: str, attempt: str) -> str:
+    """The VM's description: the contract, and the provisioning attempt that owns the VM now."""
+    return (f"{DESCRIPTION_MARKER}{contract_id}\n{ATTEMPT_MARKER}{attempt}\n\n"
             "Made by dc-agent for a Decent Cloud contract. dc-agent destroys it when the contract ends.")
 
 
-def contract_of_description(text: Any) -> str | None:
+def _description_field(text: Any, marker: str) -> str | None:
     for line in str(text or "").splitlines():
-        if line.startswith(DESCRIPTION_MARKER):
-            return line[len(DESCRIPTION_MARKER):].strip()
+        if line.startswith(marker):
+            return line[len(marker):].strip()
     return None
+
+
+def contract_of_description(text: Any) -> str | None:
+    return _description_field(text, DESCRIPTION_MARKER)
+
+
+def attempt_of_description(text: Any) -> str | None:
+    return _description_field(text, ATTEMPT_MARKER)
 
 
 def encode_sshkeys(keys: str) -> str:

@@ -331,6 +331,60 @@ class TestCancel:
         assert requests_to(fake, "POST", "/clone") == []
 
 
+class TestHandOver:
+    """An agent whose lease expired may still be running when another agent adopts its VM with find."""
+
+    @staticmethod
+    def adopt_when_waiting(fake: FakePveServer) -> Any:
+        """Once the driver polls the guest agent, rewrite the VM's attempt as another agent's find does."""
+        from provisioners.proxmox_guest import description
+
+        wait_until(lambda: requests_to(fake, "GET", "/agent/network-get-interfaces"))
+        (vm,) = fake.vms()
+        vm.config["description"] = description("ctr-0001", "adopted-by-someone-else")
+        return vm
+
+    def test_cleanup_leaves_an_adopted_vm_alone(self, fake: FakePveServer) -> None:
+        """Cancelled after another provisioning adopted the VM: the VM is not destroyed."""
+        fake.pve.agent_on_clone = False
+        cancel = threading.Event()
+
+        def adopt_then_cancel() -> None:
+            self.adopt_when_waiting(fake)
+            cancel.set()
+
+        threading.Thread(target=adopt_then_cancel, daemon=True).start()
+        with pytest.raises(Cancelled, match=r"no longer\) this attempt's, so it was left alone"):
+            driver(fake, ip_timeout_seconds=60).provision(contract(), cancel)
+        assert len(fake.vms()) == 1 and fake.vms()[0].status == "running"
+
+    def test_no_success_for_an_adopted_vm(self, fake: FakePveServer) -> None:
+        """The address arrives after another provisioning adopted the VM: no success, VM kept."""
+        from tests.support.fakepve_server import guest_interfaces
+
+        fake.pve.agent_on_clone = False
+
+        def adopt_then_boot() -> None:
+            vm = self.adopt_when_waiting(fake)
+            vm.agent = {"interfaces": guest_interfaces(vm)}
+
+        threading.Thread(target=adopt_then_boot, daemon=True).start()
+        with pytest.raises(ProvisionError, match=r"was adopted by another provisioning of this contract"):
+            driver(fake, ip_timeout_seconds=60).provision(contract(), threading.Event())
+        assert len(fake.vms()) == 1
+
+    def test_find_takes_the_vm_over(self, fake: FakePveServer) -> None:
+        """find marks an adopted VM as its own, so the attempt that made it will leave it alone."""
+        from provisioners.proxmox_guest import attempt_of_description
+
+        drv = driver(fake)
+        drv.provision(contract(), threading.Event())
+        before = attempt_of_description(fake.vms()[0].config["description"])
+        assert drv.find("ctr-0001") is not None
+        after = attempt_of_description(fake.vms()[0].config["description"])
+        assert before and after and after != before and after.startswith("adopted-")
+
+
 class TestFindListTerminate:
     def test_list_instances_sees_only_ours(self, fake: FakePveServer) -> None:
         """Foreign VMs, a VM with a look-alike tag and the template are not listed."""

@@ -11,6 +11,7 @@ import pytest
 from provisioners.base import ConfigError
 from provisioners.proxmox_config import parse_settings
 from provisioners.proxmox_guest import (
+    attempt_of_description,
     boot_disk,
     contract_from_tag,
     contract_of_description,
@@ -150,8 +151,9 @@ class TestContractMarks:
         assert len(vm_name(cid)) <= 63
 
     def test_description_round_trip(self) -> None:
-        assert contract_of_description(description("ctr 7")) == "ctr 7"
-        assert contract_of_description("hello") is None
+        text = description("ctr 7", "a1b2")
+        assert contract_of_description(text) == "ctr 7" and attempt_of_description(text) == "a1b2"
+        assert contract_of_description("hello") is None and attempt_of_description("hello") is None
 
 
 class TestSshKeys:
