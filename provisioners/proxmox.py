@@ -102,16 +102,17 @@ def _text(exc: BaseException) -> str:
 
 
 def _is_gone(exc: BaseException) -> bool:
+    """PVE's answer for a VMID without a config: "Configuration file '…/100.conf' does not exist"."""
     text = _text(exc)
     return isinstance(exc, ResourceException) and (
-        exc.status_code == 404 or "does not exist" in text or "no such vm" in text)
+        exc.status_code == 404 or ("configuration file" in text and "does not exist" in text))
 
 
 def _is_lock_wait(exc: BaseException) -> bool:
-    """A config or storage lock held by someone else: wait and retry."""
+    """A config or storage lock held by someone else ("can't lock file … got timeout", "VM is locked")."""
     text = _text(exc)
     return isinstance(exc, ResourceException) and exc.status_code >= 500 and (
-        "can't lock file" in text or "got timeout" in text or "vm is locked" in text)
+        "can't lock file" in text or "vm is locked" in text or ("lock" in text and "got timeout" in text))
 
 
 def _is_taken(exc: BaseException) -> bool:
@@ -612,10 +613,9 @@ class ProxmoxProvisioner:
         return found
 
     def _running(self, node: str, vmid: int) -> bool:
-        try:
-            return self._vm(node, vmid).status.current.get().get("status") == "running"
-        except (ResourceException, requests.RequestException):
-            return False
+        """True if running; an API error raises (a VM is never destroyed on a status it could not read)."""
+        status = self._call(f"reading the status of VM {vmid}", lambda: self._vm(node, vmid).status.current.get())
+        return status.get("status") == "running"
 
     def terminate(self, external_id: str) -> None:
         match = re.fullmatch(r"(?:([A-Za-z0-9-]+)/)?(\d+)", external_id.strip())
