@@ -1,0 +1,319 @@
+"""The run loop's decisions, against an in-process stand-in for pool_api (the server is the fake here,
+the Agent is real): lease renewal and loss, durable reporting, 409s, adoption, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dc_agent import errors, log
+from dc_agent.config import Settings
+from dc_agent.loop import Agent
+from dc_agent.outbox import Entry, Outbox
+from dc_agent.state import AgentState
+from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDetails
+
+PK = "ab" * 32
+
+
+class FakeApi:
+    """pool_api's agent endpoints with scriptable answers; records every call."""
+
+    def __init__(self, pending: list[str], agent_pubkey: str = "cd" * 32) -> None:
+        self.agent_pubkey = agent_pubkey
+        self.pending = [{"contractId": cid, "lockedByMe": False} for cid in pending]
+        self.calls: list[tuple[str, str]] = []
+        self.lock_answers: dict[str, list[Any]] = {}   # per contract: exceptions / "ok", consumed in order
+        self.report_answers: list[Any] = []
+        self.provisioned: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, str] = {}
+
+    def _next(self, queue: list[Any]) -> None:
+        if queue:
+            answer = queue.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+
+    async def heartbeat(self, **_: Any) -> dict[str, Any]:
+        self.calls.append(("heartbeat", ""))
+        return {"acknowledged": True, "nextHeartbeatSeconds": 1}
+
+    async def pending_contracts(self) -> list[dict[str, Any]]:
+        self.calls.append(("pending", ""))
+        done = set(self.provisioned)
+        return [c for c in self.pending if c["contractId"] not in done]
+
+    async def lock(self, cid: str, *, policy: str = "lock") -> dict[str, Any]:
+        self.calls.append(("lock", cid))
+        self._next(self.lock_answers.setdefault(cid, []))
+        return {"acquired": True}
+
+    async def unlock(self, cid: str, **_: Any) -> None:
+        self.calls.append(("unlock", cid))
+
+    async def report_provisioned(self, cid: str, details: dict[str, Any]) -> None:
+        self.calls.append(("provisioned", cid))
+        self._next(self.report_answers)
+        self.provisioned[cid] = details
+
+    async def report_failed(self, cid: str, message: str) -> None:
+        self.calls.append(("failed", cid))
+        self._next(self.report_answers)
+        self.failed[cid] = message
+
+    async def reconcile(self, running: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"keep": running, "terminate": [], "unknown": []}
+
+    async def report_terminated(self, cid: str) -> None:
+        self.calls.append(("terminated", cid))
+
+    def count(self, name: str, cid: str | None = None) -> int:
+        return sum(1 for n, c in self.calls if n == name and (cid is None or c == cid))
+
+
+class Driver:
+    """A provisioner that holds each contract until `release` is set (or it is cancelled)."""
+
+    name = "script"
+
+    def __init__(self, hold: float = 0.0) -> None:
+        self.hold = hold
+        self.provisioned: list[str] = []
+        self.cleaned: list[str] = []
+        self.terminated: list[str] = []
+        self.found: dict[str, InstanceDetails] = {}
+        self.started = threading.Event()
+
+    def provision(self, contract: Contract, cancel: threading.Event) -> InstanceDetails:
+        self.started.set()
+        if cancel.wait(self.hold):
+            self.cleaned.append(contract.contract_id)
+            raise Cancelled("stopped")
+        self.provisioned.append(contract.contract_id)
+        return InstanceDetails(external_id=f"vm-{contract.contract_id}", provisioner="script", ip_address="192.0.2.1")
+
+    def find(self, contract_id: str) -> InstanceDetails | None:
+        return self.found.get(contract_id)
+
+    def list_instances(self) -> list[Instance]:
+        return []
+
+    def terminate(self, external_id: str) -> None:
+        self.terminated.append(external_id)
+
+    def health(self) -> Health:
+        return Health(ok=True, detail="ok")
+
+
+def make_agent(tmp_path: Path, api: FakeApi, driver: Driver, **overrides: Any) -> Agent:
+    options = dict(poll_interval_seconds=0.05, lock_timeout_seconds=0.3, shutdown_grace_seconds=0.2,
+                   reconcile_interval_seconds=300, max_concurrent=2)
+    options.update(overrides)
+    settings = Settings(config_path=tmp_path / "config.toml", api_url="http://pool.test", provider_pubkey=PK,
+                        pool_id="pool", private_key_path=tmp_path / "agent.key", state_dir=tmp_path / "state",
+                        provisioner_type="script", **options)
+    log.configure("debug", json_output=True, stream=io.StringIO())
+    return Agent(settings, api, driver, outbox=Outbox(settings.state_dir), state=AgentState(settings.state_dir),
+                 log=log.get())
+
+
+def run_once(agent: Agent) -> int:
+    return asyncio.run(agent.run(once=True))
+
+
+class TestLease:
+    def test_renewal_refused_cancels_the_driver_and_reports_nothing(self, tmp_path):
+        """A 409 on renewal means another agent may take over: stop, clean up, report nothing."""
+        api = FakeApi(["c1"])
+        api.lock_answers["c1"] = ["ok", errors.Conflict("POST lock", 409, "held by another agent")]
+        driver = Driver(hold=30)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1)
+        run_once(agent)
+        assert driver.cleaned == ["c1"] and driver.provisioned == []
+        assert api.count("provisioned") == 0 and api.count("failed") == 0 and api.count("unlock") == 0
+        assert agent.state.counters["lost_leases"] == 1
+        assert len(agent.outbox) == 0
+
+    def test_renewal_network_errors_do_not_lose_the_lease(self, tmp_path):
+        """Renewals that fail on the network keep the job running; the server decides, not a timeout."""
+        api = FakeApi(["c1"])
+        outage = [errors.Unreachable("POST lock", None, "refused")] * 6
+        api.lock_answers["c1"] = ["ok", *outage]
+        driver = Driver(hold=1.0)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1)
+        assert run_once(agent) == 0
+        assert driver.provisioned == ["c1"] and driver.cleaned == []
+        assert "c1" in api.provisioned
+        assert agent.state.counters["renewal_errors"] >= 2  # for longer than the 0.3 s lease itself
+        assert agent.state.counters["lost_leases"] == 0
+
+    def test_the_lock_is_renewed_while_provisioning(self, tmp_path):
+        """Re-lock about every lock_timeout/3 while the driver works."""
+        api = FakeApi(["c1"])
+        agent = make_agent(tmp_path, api, Driver(hold=1.0), max_concurrent=1)
+        run_once(agent)
+        assert api.count("lock", "c1") >= 5  # 1 s / 0.1 s, minus scheduling slack
+        assert agent.state.counters["renewals"] >= 4
+
+
+class TestReporting:
+    def test_a_result_refused_after_an_expired_lease_is_relocked_and_resent(self, tmp_path):
+        """403 on report, re-lock succeeds (nobody took it): report again."""
+        api = FakeApi(["c1"])
+        api.report_answers = [errors.Forbidden("POST provisioned", 403, "not the lock holder")]
+        agent = make_agent(tmp_path, api, Driver())
+        run_once(agent)
+        assert api.count("provisioned", "c1") == 2 and "c1" in api.provisioned
+        assert len(agent.outbox) == 0
+
+    def test_a_result_whose_contract_another_agent_took_is_removed(self, tmp_path):
+        """403 on report and 409 on re-lock: remove our instance, forget the result."""
+        api = FakeApi(["c1"])
+        api.report_answers = [errors.Forbidden("POST provisioned", 403, "not the lock holder")]
+        api.lock_answers["c1"] = ["ok", errors.Conflict("POST lock", 409, "held")]
+        driver = Driver()
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1)
+        run_once(agent)
+        assert driver.terminated == ["vm-c1"]
+        assert "c1" not in api.provisioned and len(agent.outbox) == 0
+
+    def test_unacknowledged_result_survives_a_restart_and_is_not_provisioned_twice(self, tmp_path):
+        """API down at report time: the result stays on disk; the next agent process sends it."""
+        api = FakeApi(["c1"])
+        api.report_answers = [errors.Unreachable("POST provisioned", None, "refused")]
+        driver = Driver()
+        first = make_agent(tmp_path, api, driver)
+        assert run_once(first) == 1  # unhealthy: a result is still waiting
+        assert Outbox(tmp_path / "state").get("c1").kind == "provisioned"
+        second = make_agent(tmp_path, api, driver)
+        assert run_once(second) == 0
+        assert "c1" in api.provisioned and driver.provisioned == ["c1"]
+        assert len(Outbox(tmp_path / "state")) == 0
+
+    def test_outbox_entry_is_written_before_the_report(self, tmp_path):
+        """At the moment the server hears of the result, it is already durable on disk."""
+        api = FakeApi(["c1"])
+        seen: list[bool] = []
+        original = api.report_provisioned
+
+        async def checking(cid: str, details: dict[str, Any]) -> None:
+            seen.append(Outbox(tmp_path / "state").has(cid))
+            await original(cid, details)
+
+        api.report_provisioned = checking  # type: ignore[method-assign]
+        run_once(make_agent(tmp_path, api, Driver()))
+        assert seen == [True]
+
+    def test_failures_are_reported_and_not_retried_at_once(self, tmp_path):
+        """A driver failure is reported as failed; the contract waits before another try."""
+        api = FakeApi(["c1"])
+
+        class Failing(Driver):
+            def provision(self, contract, cancel):
+                from provisioners.base import ProvisionError
+
+                raise ProvisionError("no capacity")
+
+        agent = make_agent(tmp_path, api, Failing())
+        run_once(agent)
+        assert api.failed == {"c1": "no capacity"}
+        assert agent.retry_after["c1"] > 0
+
+
+class TestPolling:
+    def test_409_is_skipped_quietly_and_counted(self, tmp_path):
+        """A contract another agent locked is skipped; the free slots go to the next ones."""
+        api = FakeApi(["c1", "c2", "c3"])
+        api.lock_answers["c1"] = [errors.Conflict("POST lock", 409, "held")]
+        api.lock_answers["c2"] = []
+        api.lock_answers["c3"] = []
+        agent = make_agent(tmp_path, api, Driver(), max_concurrent=2)
+        run_once(agent)
+        assert set(api.provisioned) == {"c2", "c3"}
+        assert agent.state.counters["lock_conflicts"] == 1
+        assert agent.state.conflicts_by_contract == {"c1": 1}
+
+    def test_an_existing_instance_is_adopted_not_made_twice(self, tmp_path):
+        """find() answering means a crash came between making and reporting: report that instance."""
+        api = FakeApi(["c1"])
+        driver = Driver()
+        driver.found["c1"] = InstanceDetails(external_id="vm-old", provisioner="script")
+        agent = make_agent(tmp_path, api, driver)
+        run_once(agent)
+        assert driver.provisioned == [] and api.provisioned["c1"]["externalId"] == "vm-old"
+        assert agent.state.counters["adopted"] == 1
+
+    def test_agents_order_candidates_differently(self, tmp_path):
+        """Ordering by hash(agent key, contract) spreads agents over the queue; own locks come first."""
+        ids = [f"c{i}" for i in range(20)]
+        a = make_agent(tmp_path / "a", FakeApi(ids, agent_pubkey="01" * 32), Driver())
+        b = make_agent(tmp_path / "b", FakeApi(ids, agent_pubkey="02" * 32), Driver())
+        assert sorted(ids, key=a._rank) != sorted(ids, key=b._rank)
+        assert sorted(ids, key=a._rank)[0] != sorted(ids, key=b._rank)[0] or \
+               sorted(ids, key=a._rank)[1] != sorted(ids, key=b._rank)[1]
+
+
+class TestShutdown:
+    def _run_until_started(self, agent: Agent, driver: Driver, stops: int) -> tuple[int, float]:
+        async def scenario() -> tuple[int, float]:
+            task = asyncio.create_task(agent.run())
+            while not driver.started.is_set():
+                await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            for _ in range(stops):
+                agent.request_stop("test")
+            code = await asyncio.wait_for(task, 30)
+            return code, loop.time() - began
+
+        return asyncio.run(scenario())
+
+    def test_stop_waits_the_grace_then_cancels_and_releases_the_lock(self, tmp_path):
+        """Past shutdown_grace_seconds the driver is cancelled, the lock released, nothing reported."""
+        api = FakeApi(["c1"])
+        driver = Driver(hold=30)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1, shutdown_grace_seconds=0.5)
+        code, took = self._run_until_started(agent, driver, stops=1)
+        assert code == 0 and 0.4 < took < 10
+        assert driver.cleaned == ["c1"] and api.count("unlock", "c1") == 1
+        assert api.count("provisioned") == 0 and api.count("failed") == 0
+        assert agent.state.counters["cancelled_on_shutdown"] == 1
+
+    def test_a_job_that_finishes_within_the_grace_is_reported(self, tmp_path):
+        """Draining lets a running contract finish and report."""
+        api = FakeApi(["c1"])
+        driver = Driver(hold=0.3)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1, shutdown_grace_seconds=10)
+        code, _ = self._run_until_started(agent, driver, stops=1)
+        assert code == 0 and "c1" in api.provisioned and api.count("unlock") == 0
+
+    def test_second_stop_cancels_at_once(self, tmp_path):
+        """A second signal does not wait for the grace period."""
+        api = FakeApi(["c1"])
+        driver = Driver(hold=30)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1, shutdown_grace_seconds=60)
+        code, took = self._run_until_started(agent, driver, stops=2)
+        assert code == 1 and took < 10
+        assert driver.cleaned == ["c1"] and api.count("unlock", "c1") == 1
+
+    def test_heartbeats_continue_while_draining(self, tmp_path):
+        """A draining agent keeps heartbeating, so it never looks lost."""
+        api = FakeApi(["c1"])
+        driver = Driver(hold=30)
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1, shutdown_grace_seconds=2.5)
+
+        async def scenario() -> int:
+            task = asyncio.create_task(agent.run())
+            while not driver.started.is_set():
+                await asyncio.sleep(0.01)
+            agent.request_stop("test")
+            before = api.count("heartbeat")
+            await asyncio.wait_for(task, 30)
+            return api.count("heartbeat") - before
+
+        assert asyncio.run(scenario()) >= 2
