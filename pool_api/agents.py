@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from pool_api import tokens
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.pools import agent_json
 from pool_api.tables import agent_delegations as d
 from pool_api.tables import agent_pools as p

@@ -16,7 +16,7 @@ from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
 from nacl.signing import VerifyKey
 
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.tables import agent_delegations, providers, request_nonces
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")

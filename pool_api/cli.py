@@ -50,7 +50,7 @@ def _fail(message: str) -> None:
 
 def _run(database_url: str | None, fn):  # noqa: ANN001, ANN202
     """Run `fn(conn)` in one transaction; ApiError becomes an error message and exit status 1."""
-    from pool_api.envelope import ApiError
+    from pool_api.errors import ApiError
 
     engine = _engine(database_url)
     try:
@@ -181,7 +181,7 @@ def offering_create(
     import pydantic
 
     from pool_api import offerings
-    from pool_api.envelope import describe_validation_errors
+    from pool_api.errors import describe_validation_errors
     from pool_api.schemas import OfferingCreate
 
     raw = dict(offeringId=offering_id, name=name, datacenterCountry=country, provisionerType=provisioner_type,
@@ -199,7 +199,7 @@ def offering_create(
 def _create_offering(conn, provider: str, fields, offering_id, offerings):  # noqa: ANN001, ANN202
     import sqlalchemy as sa
 
-    from pool_api.envelope import ApiError
+    from pool_api.errors import ApiError
     from pool_api.tables import providers
 
     if conn.execute(sa.select(providers.c.pubkey).where(providers.c.pubkey == provider)).first() is None:

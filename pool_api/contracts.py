@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from pool_api.auth import Caller
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
-from pool_api.routing import DEFAULT_PROVISIONER_TYPE
+from pool_api.errors import ApiError
+from pool_api.routing import DEFAULT_PROVISIONER_TYPE, routes_to, routes_to_clause
 from pool_api.tables import agent_pools as p
 from pool_api.tables import contracts as c
 from pool_api.tables import offerings as o
@@ -48,19 +48,6 @@ def contract_json(row: Any) -> dict[str, Any]:
     }
 
 
-def routes_to_pool(offering_pool_id: Any, region: Any, provisioner_type: Any, pool: Any) -> Any:
-    """SQL (or Python) condition: an offering routes to `pool` explicitly or by region + type.
-
-    Works on columns (building a SQL expression) and on plain values alike."""
-    if isinstance(offering_pool_id, sa.ColumnElement):
-        ptype = sa.func.coalesce(provisioner_type, DEFAULT_PROVISIONER_TYPE)
-        return sa.or_(offering_pool_id == pool.pool_id,
-                      sa.and_(offering_pool_id.is_(None), region == pool.location, ptype == pool.provisioner_type))
-    if offering_pool_id is not None:
-        return offering_pool_id == pool.pool_id
-    return region == pool.location and (provisioner_type or DEFAULT_PROVISIONER_TYPE) == pool.provisioner_type
-
-
 def agent_pool(conn: sa.Connection, caller: Caller) -> Any:
     if caller.pool_id is None:
         return None
@@ -75,7 +62,7 @@ def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str) -> Any
     lock or provisioned it. A legacy agent (no pool) may act on all of its provider's contracts.
     """
     row = conn.execute(
-        sa.select(c, o.c.agent_pool_id, o.c.region, o.c.provisioner_type)
+        sa.select(c, o.c.agent_pool_id, o.c.datacenter_country, o.c.provisioner_type)
         .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
         .where(c.c.contract_id == contract_id, c.c.provider_pubkey == caller.provider_pubkey)
     ).first()
@@ -84,7 +71,9 @@ def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str) -> Any
     if caller.pool_id is None or caller.pubkey in (row.lock_agent, row.provisioned_by):
         return row
     pool = agent_pool(conn, caller)
-    if pool is None or not routes_to_pool(row.agent_pool_id, row.region, row.provisioner_type, pool):
+    offering = {"agent_pool_id": row.agent_pool_id, "datacenter_country": row.datacenter_country,
+                "provisioner_type": row.provisioner_type}
+    if pool is None or not routes_to(offering, pool._mapping):
         raise ApiError(403, "contract belongs to another pool")
     return row
 
@@ -119,7 +108,7 @@ def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now
         pool = agent_pool(conn, caller)
         if pool is None:
             return []
-        q = q.where(sa.or_(routes_to_pool(o.c.agent_pool_id, o.c.region, o.c.provisioner_type, pool),
+        q = q.where(sa.or_(routes_to_clause(o, pool._mapping),
                            c.c.lock_agent == caller.pubkey))
     out = []
     for r in conn.execute(q):

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from pool_api.auth import Caller, authenticate
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.settings import Settings
 
 

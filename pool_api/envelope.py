@@ -1,6 +1,7 @@
-"""The response envelope of PROTOCOL.md and the one exception type that routes raise.
+"""The response envelope of PROTOCOL.md.
 
-Every answer is `{"success", "data", "error"}`. Routes return `ok(data)`; refusals raise `ApiError`.
+Every answer is `{"success", "data", "error"}`. Routes return `ok(data)`; refusals raise `ApiError`
+(defined in pool_api.errors, re-exported here).
 The handlers below turn validation errors, unknown routes and anything unexpected into the same
 envelope, so bad input never produces a bare 500 or a traceback.
 """
@@ -9,22 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pool_api.errors import ApiError, describe_validation_errors
+
+__all__ = ["ApiError", "describe_validation_errors", "fail", "install_error_handlers", "ok"]
+
 log = structlog.get_logger("pool_api")
-
-
-class ApiError(Exception):
-    """A refusal with its HTTP status and a human-readable message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def ok(data: Any, status: int = 200) -> JSONResponse:
@@ -33,25 +30,6 @@ def ok(data: Any, status: int = 200) -> JSONResponse:
 
 def fail(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "data": None, "error": message}, status_code=status, headers=headers)
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
-
-
-def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[int, str]:
-    """400 for a body that is not JSON at all, else 422 naming each bad field."""
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "malformed JSON body: " + "; ".join(str(e.get("ctx", {}).get("error", e.get("msg"))) for e in errors)
-    messages = []
-    for e in errors[:10]:
-        where = _loc(tuple(e.get("loc", ())))
-        msg = e.get("msg", "invalid")
-        if e.get("type") == "missing":
-            msg = "field required"
-        messages.append(f"{where}: {msg}")
-    return 422, "invalid request: " + "; ".join(messages)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -70,6 +48,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
         return fail(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(sa.exc.DataError)
+    async def _data_error(_request: Request, _exc: sa.exc.DataError) -> JSONResponse:
+        return fail(422, "invalid request: a value cannot be stored (out of range or invalid characters)")
+
+    @app.exception_handler(sa.exc.IntegrityError)
+    async def _integrity(_request: Request, _exc: sa.exc.IntegrityError) -> JSONResponse:
+        return fail(409, "conflict with a concurrent change; retry")
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _operational(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        log.warning("database_unavailable", method=request.method, path=request.url.path, error=type(exc.orig).__name__)
+        return fail(503, "database busy or unavailable; retry")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

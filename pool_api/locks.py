@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from pool_api.auth import Caller
 from pool_api.contracts import PROVISIONABLE, load_for_agent
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.tables import contracts as c
 
 _CLEAR_LOCK = dict(lock_agent=None, lock_at_ns=None, lock_expires_ns=None)

@@ -36,6 +36,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\x00" in scope.get("path", ""):
+            await _send_json(send, 400, {"success": False, "data": None, "error": "path contains a NUL character"})
+            return
         too_big = {"success": False, "data": None, "error": f"request body over {self.limit} bytes"}
         for name, value in scope.get("headers", []):
             if name == b"content-length":

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.pools import pools_of_provider
 from pool_api.routing import country_to_region, effective_provisioner_type, find_pools_for_offering, routing_note
 from pool_api.tables import agent_pools as p

@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
+from pool_api.routing import routes_to_clause
 from pool_api.tables import agent_delegations as d
 from pool_api.tables import agent_pools as p
 from pool_api.tables import offerings as o
@@ -75,12 +76,8 @@ def get_pool_row(conn: sa.Connection, provider_pubkey: str, pool_id: str) -> Any
 
 def offering_count(conn: sa.Connection, pool: Any) -> int:
     """Offerings that route to the pool: explicitly, or by region and provisioner type."""
-    ptype = sa.func.coalesce(o.c.provisioner_type, "proxmox")
-    q = sa.select(sa.func.count()).select_from(o).where(
-        o.c.provider_pubkey == pool.provider_pubkey,
-        sa.or_(o.c.agent_pool_id == pool.pool_id,
-               sa.and_(o.c.agent_pool_id.is_(None), o.c.region == pool.location, ptype == pool.provisioner_type)),
-    )
+    q = sa.select(sa.func.count()).select_from(o).where(o.c.provider_pubkey == pool.provider_pubkey,
+                                                        routes_to_clause(o, pool._mapping))
     return int(conn.execute(q).scalar_one())
 
 

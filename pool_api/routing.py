@@ -22,8 +22,10 @@ Where geography is ambiguous, UN M49 decides, with these documented choices:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import sqlalchemy as sa
 
 REGIONS: dict[str, str] = {
     "europe": "Europe",
@@ -90,17 +92,26 @@ def routing_note(country: str | None) -> str | None:
     return None
 
 
-def find_pools_for_offering(offering: dict[str, Any], pools: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The pools an offering routes to, first one first (SPEC's find_pool_for_offering).
-
-    An explicit `agent_pool_id` wins; otherwise every pool whose location is the region of the
-    datacenter country and whose provisioner type matches (default proxmox), oldest pool first.
-    """
-    pools = sorted(pools, key=lambda p: (p["created_at_ns"], p["pool_id"]))
+def routes_to(offering: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
+    """Does the offering route to the pool? Its explicit `agent_pool_id` if set, else region of the
+    datacenter country == pool location and provisioner type (default proxmox) == pool type."""
     if offering.get("agent_pool_id"):
-        return [p for p in pools if p["pool_id"] == offering["agent_pool_id"]]
+        return offering["agent_pool_id"] == pool["pool_id"]
     region = country_to_region(offering.get("datacenter_country"))
-    if region is None:
-        return []
-    wanted = effective_provisioner_type(offering.get("provisioner_type"))
-    return [p for p in pools if p["location"] == region and p["provisioner_type"] == wanted]
+    return (region is not None and region == pool["location"]
+            and effective_provisioner_type(offering.get("provisioner_type")) == pool["provisioner_type"])
+
+
+def routes_to_clause(offerings: sa.Table, pool: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+    """`routes_to` as SQL over the offerings table (its stored `region` column), for one pool."""
+    o = offerings.c
+    return sa.or_(
+        o.agent_pool_id == pool["pool_id"],
+        sa.and_(o.agent_pool_id.is_(None), o.region == pool["location"],
+                sa.func.coalesce(o.provisioner_type, DEFAULT_PROVISIONER_TYPE) == pool["provisioner_type"]),
+    )
+
+
+def find_pools_for_offering(offering: Mapping[str, Any], pools: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pools an offering routes to, oldest first; the first is SPEC's find_pool_for_offering."""
+    return [p for p in sorted(pools, key=lambda p: (p["created_at_ns"], p["pool_id"])) if routes_to(offering, p)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 Region = Literal["europe", "na", "latam", "apac", "mena", "ssa", "cis"]
@@ -18,6 +18,14 @@ MAX_BIG = 2**53  # fits BIGINT and survives a JSON round-trip through float-only
 class Body(BaseModel):
     model_config = ConfigDict(strict=True, alias_generator=to_camel, populate_by_name=True,
                               str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """PostgreSQL text cannot hold NUL characters: refuse them as bad input."""
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 Name = Field(min_length=1, max_length=200)

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.tables import agent_pools as p
 from pool_api.tables import agent_setup_tokens as t
 

@@ -6,7 +6,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 
 from pool_api.dependencies import EngineDep
-from pool_api.envelope import ApiError, ok
+from pool_api.envelope import ok
+from pool_api.errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
 

@@ -1,0 +1,110 @@
+"""Token lifecycle and the migrated schema, on the database functions directly (PostgreSQL and SQLite)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from pool_api import db, tokens
+from pool_api.envelope import ApiError
+from pool_api.tables import agent_pools, agent_setup_tokens, metadata, providers
+
+NOW = 1_800_000_000 * 10**9
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pool(engine: sa.Engine) -> SimpleNamespace:
+    values = dict(pool_id="pool_1", provider_pubkey="ab" * 32, name="eu", location="europe",
+                  provisioner_type="proxmox", created_at_ns=NOW)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(providers).values(pubkey="ab" * 32, created_at_ns=NOW))
+        conn.execute(sa.insert(agent_pools).values(**values))
+    return SimpleNamespace(**values)
+
+
+class TestSchema:
+    def test_migration_matches_tables(self, engine: sa.Engine) -> None:
+        """The Alembic revision creates exactly tables.py's schema (no autogenerate differences)."""
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+
+    def test_migrate_is_idempotent(self, engine: sa.Engine) -> None:
+        """Running the migrations again on a migrated database is a no-op."""
+        db.migrate(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+
+
+class TestTokenLifecycle:
+    def test_token_format_and_hash_storage(self, engine: sa.Engine, pool: SimpleNamespace) -> None:
+        """Tokens are apt_<location>_<32 hex> (128 bits); only their SHA-256 is stored."""
+        with engine.begin() as conn:
+            token, entry = tokens.create_token(conn, pool, "node-1", 24, now=NOW)
+            stored = conn.execute(sa.select(agent_setup_tokens)).one()
+        assert re.fullmatch(r"apt_europe_[0-9a-f]{32}", token)
+        assert stored.token_hash == tokens.token_hash(token) == entry["tokenId"]
+        assert token not in {str(v) for v in stored}
+        assert entry["expiresAtNs"] == NOW + 24 * tokens.HOUR_NS
+
+    def test_consume_once(self, engine: sa.Engine, pool: SimpleNamespace) -> None:
+        """A token is consumed once; a second use is 410 and unknown tokens are 404."""
+        with engine.begin() as conn:
+            token, _ = tokens.create_token(conn, pool, None, 1, now=NOW)
+            assert tokens.consume(conn, token, "cd" * 32, now=NOW + 1) == "pool_1"
+            assert tokens.list_pending(conn, "pool_1", now=NOW + 2) == []
+        for candidate, status in ((token, 410), ("apt_europe_" + "0" * 32, 404)):
+            with pytest.raises(ApiError) as err, engine.begin() as conn:
+                tokens.consume(conn, candidate, "ef" * 32, now=NOW + 2)
+            assert err.value.status == status
+
+    def test_expired_token_is_410(self, engine: sa.Engine, pool: SimpleNamespace) -> None:
+        """After expiresInHours the token is refused with 410 and no longer listed."""
+        with engine.begin() as conn:
+            token, _ = tokens.create_token(conn, pool, None, 1, now=NOW)
+            assert len(tokens.list_pending(conn, "pool_1", now=NOW)) == 1
+            assert tokens.list_pending(conn, "pool_1", now=NOW + tokens.HOUR_NS) == []
+        with pytest.raises(ApiError) as err, engine.begin() as conn:
+            tokens.consume(conn, token, "cd" * 32, now=NOW + tokens.HOUR_NS)
+        assert err.value.status == 410 and "expired" in err.value.message
+
+    def test_sweep_deletes_expired_unused_only(self, engine: sa.Engine, pool: SimpleNamespace) -> None:
+        """The hourly sweep removes expired unused tokens, keeps used and live ones, and is idempotent."""
+        with engine.begin() as conn:
+            expired, _ = tokens.create_token(conn, pool, "expired", 1, now=NOW)
+            used, _ = tokens.create_token(conn, pool, "used", 1, now=NOW)
+            live, _ = tokens.create_token(conn, pool, "live", 48, now=NOW)
+            tokens.consume(conn, used, "cd" * 32, now=NOW + 1)
+        later = NOW + 2 * tokens.HOUR_NS
+        with engine.begin() as conn:
+            assert tokens.sweep_expired(conn, now=later) == 1
+            assert tokens.sweep_expired(conn, now=later) == 0
+            labels = set(conn.execute(sa.select(agent_setup_tokens.c.label)).scalars())
+        assert labels == {"used", "live"}
+
+    def test_delete_by_token_or_id(self, engine: sa.Engine, pool: SimpleNamespace) -> None:
+        """A provider deletes a token by the token itself or its tokenId; another provider cannot."""
+        with engine.begin() as conn:
+            t1, _ = tokens.create_token(conn, pool, None, 1, now=NOW)
+            t2, e2 = tokens.create_token(conn, pool, None, 1, now=NOW)
+            with pytest.raises(ApiError):
+                tokens.delete_token(conn, "ff" * 32, t1)
+            tokens.delete_token(conn, pool.provider_pubkey, t1)
+            tokens.delete_token(conn, pool.provider_pubkey, e2["tokenId"])
+            assert tokens.list_pending(conn, "pool_1", now=NOW) == []
