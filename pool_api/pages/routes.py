@@ -8,6 +8,7 @@ is 404 here exactly as it is in the API.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,8 +137,18 @@ def _validation_message(exc: pydantic.ValidationError) -> str:
 
 # --- sign-in ---------------------------------------------------------------------------------------
 
+NEXT_PATH = re.compile(r"^/provider/[A-Za-z0-9_\-/]*$")
+
+
+def _next_page(value: str | None) -> str:
+    """Where to land after signing in: a /provider/ path of this server only (no open redirect)."""
+    if value and NEXT_PATH.match(value) and "//" not in value:
+        return value
+    return "/provider/pools"
+
+
 @router.get("/login")
-async def login(request: Request, token: str | None = None) -> Response:
+async def login(request: Request, token: str | None = None, next: str | None = None) -> Response:  # noqa: A002
     engine = _engine(request)
     if not token:
         return render(request, "login.html")
@@ -151,7 +162,7 @@ async def login(request: Request, token: str | None = None) -> Response:
         cookie = await run_in_threadpool(sign_in)
     except ApiError as exc:
         return render(request, "login.html", exc.status, error=exc.message)
-    response = redirect("/provider/pools")
+    response = redirect(_next_page(next))
     response.set_cookie(auth.SESSION_COOKIE, cookie, max_age=auth.SESSION_TTL_HOURS * 3600, path="/provider",
                         httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response

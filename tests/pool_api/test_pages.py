@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
@@ -213,6 +214,19 @@ class TestSignIn:
             sessions = conn.execute(sa.select(provider_sessions.c.session_hash)).scalars().all()
         token = link.rsplit("=", 1)[1]
         assert token not in stored and len(stored) == 1 and len(sessions) == 1  # hashes only
+
+    def test_next_page_stays_on_provider_pages(self, app: Any, engine: sa.Engine, alice: str) -> None:
+        """`&next=` lands on a /provider/ page; anything else (other hosts, other paths) lands on pools."""
+        for next_page, landing in (("/provider/offerings", "/provider/offerings"),
+                                   ("https://evil.example/provider/pools", "/provider/pools"),
+                                   ("//evil.example/provider/", "/provider/pools"),
+                                   ("/provider//evil.example", "/provider/pools"),
+                                   ("/provider/../api/v1/health", "/provider/pools"),
+                                   ("/api/v1/health", "/provider/pools")):
+            with TestClient(app) as browser:
+                url = f"{login_link(engine, alice)}&{urlencode({'next': next_page})}"
+                response = browser.get(url, follow_redirects=False)
+                assert (response.status_code, response.headers["location"]) == (303, landing), next_page
 
     def test_secure_cookie_over_https(self, app: Any, engine: sa.Engine, alice: str) -> None:
         with TestClient(app, base_url="https://testserver") as browser:
