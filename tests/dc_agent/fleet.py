@@ -164,11 +164,24 @@ class Fleet:
         for agent in self.agents:
             agent.start()
 
-    def stop_all(self) -> dict[str, int | None]:
+    def stop_all(self, timeout: float = 90) -> dict[str, int | None]:
+        """One SIGTERM to each running agent (a second would force the stop), then wait for each."""
+        signalled = []
         for agent in self.agents:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.signal(signal.SIGTERM)
-        return {agent.name: agent.stop() for agent in self.agents}
+                signalled.append(agent)
+        codes: dict[str, int | None] = {agent.name: None for agent in self.agents}
+        for agent in self.agents:
+            if agent.proc is None:
+                continue
+            try:
+                codes[agent.name] = agent.wait(timeout)
+            except subprocess.TimeoutExpired:
+                agent.proc.kill()
+                agent.wait(10)
+                raise
+        return codes
 
     # -- observing ---------------------------------------------------------------------------------
 
