@@ -19,7 +19,7 @@ import secrets
 import sqlalchemy as sa
 
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError
+from pool_api.errors import ApiError
 from pool_api.tables import provider_login_links as links
 from pool_api.tables import provider_sessions as sessions
 from pool_api.tables import providers

@@ -25,7 +25,7 @@ from starlette.datastructures import FormData
 
 from pool_api import agents, offerings, pools, tokens
 from pool_api.db import now_ns
-from pool_api.envelope import ApiError, describe_validation_errors
+from pool_api.errors import ApiError, describe_validation_errors
 from pool_api.pages import auth, format as fmt
 from pool_api.routing import PROVISIONER_TYPES, REGIONS
 from pool_api.schemas import PoolCreate, PoolUpdate, TokenCreate

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from pool_api import agents, db, offerings, pools, tokens
 from pool_api.app import create_app
+from pool_api.errors import ApiError
 from pool_api.pages import auth, format as fmt
 from pool_api.settings import Settings
 from pool_api.tables import agent_delegations, provider_login_links, provider_sessions, providers
@@ -243,7 +244,7 @@ class TestSignIn:
                 response = browser.get(url, follow_redirects=False)
                 assert response.status_code == 410 and "login-link" in response.text
                 assert "set-cookie" not in response.headers
-        with engine.begin() as conn, pytest.raises(Exception, match="unknown provider"):
+        with engine.begin() as conn, pytest.raises(ApiError, match="unknown provider"):
             auth.create_login_link(conn, "cd" * 32, "http://x")
 
     def test_expired_session_and_sign_out(self, app: Any, engine: sa.Engine, alice: str) -> None:
