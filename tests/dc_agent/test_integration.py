@@ -86,7 +86,7 @@ class TestFleet:
 
     def test_an_agent_killed_mid_provision_and_restarted(self, pg_url, tmp_path, capsys):
         """SIGKILL one agent while its scripts run; after a restart nothing is doubled or lost."""
-        with pool_of_agents(pg_url, tmp_path, script_delay=2.0) as fleet:
+        with pool_of_agents(pg_url, tmp_path, script_delay=1.0) as fleet:
             fleet.start_all()
             ids = fleet.provider.create_contract("off-1", N_CONTRACTS)
             victim = fleet.agents[0]
@@ -108,7 +108,7 @@ class TestFleet:
 
     def test_api_down_for_30_seconds_while_scripts_run(self, pg_url, tmp_path, capsys):
         """Results made while the API is down wait in the outbox and arrive once it is back."""
-        with pool_of_agents(pg_url, tmp_path, script_delay=2.0) as fleet:
+        with pool_of_agents(pg_url, tmp_path, script_delay=1.0) as fleet:
             fleet.start_all()
             ids = fleet.provider.create_contract("off-1", N_CONTRACTS)
             wait_until(lambda: len(fleet.running_scripts()) >= 4, 60, "4 scripts to run", 0.05)
