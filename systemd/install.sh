@@ -23,7 +23,7 @@ Usage: install.sh --token TOKEN [options]
        curl -sSL …/install.sh | sudo bash -s -- --token TOKEN [--api-url URL]
 
   --token TOKEN      one-time agent-pool token from the provider UI (not needed to upgrade an
-                     existing install: its config is kept)
+                     existing install: its config is kept); or set DC_AGENT_SETUP_TOKEN
   --api-url URL      pool API base URL (default: the one built into `dc-agent setup`)
   --label NAME       a name for this agent in logs and `dc-agent status`
   --from PATH        install from a checkout or a wheel instead of the package index
@@ -234,6 +234,9 @@ main() {
 		fi
 	fi
 
+	if [ "$TOKEN_GIVEN" -eq 0 ] && [ -n "${DC_AGENT_SETUP_TOKEN:-}" ]; then
+		TOKEN=$DC_AGENT_SETUP_TOKEN TOKEN_GIVEN=1
+	fi
 	local keep_config=0
 	if [ -f "$config" ] && [ "$FORCE" -eq 0 ]; then
 		keep_config=1
@@ -245,21 +248,29 @@ main() {
 	find_python
 	"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
 		|| die "$PYTHON cannot create virtual environments: install the venv module (Debian/Ubuntu: apt-get install python3-venv)"
-	if [ -x "$venv/bin/python" ] && python_ok "$venv/bin/python" && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+	local want_base have_base=""
+	want_base=$("$PYTHON" -c 'import sys; print(sys.base_prefix)')
+	case "$want_base" in
+	/root/* | /home/*)
+		# The unit has ProtectHome=yes: the service could not even exec such a Python (203/EXEC).
+		if [ "$SYSTEMD" -eq 1 ] && [ -z "$ROOT" ]; then
+			die "$PYTHON is installed in $want_base, which the service cannot see (ProtectHome=yes); pass --python with a system Python, e.g. --python /usr/bin/python3"
+		fi
+		;;
+	esac
+	if [ -x "$venv/bin/python" ]; then
+		have_base=$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)' 2>/dev/null) || have_base=""
+	fi
+	# Reuse the venv if it works and is built on the same Python; otherwise make it anew (it holds
+	# nothing but the package).
+	if [ "$have_base" = "$want_base" ] && python_ok "$venv/bin/python" \
+		&& "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
 		say "upgrading the venv in $venv"
 	else
 		say "creating a venv in $venv with $("$PYTHON" -V 2>&1)"
 		mkdir -p "$(dirname "$venv")"
 		"$PYTHON" -m venv --clear "$venv" || die "could not create the venv in $venv"
 	fi
-	local base_prefix
-	base_prefix=$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')
-	case "$base_prefix" in
-	/root/* | /home/*)
-		[ "$SYSTEMD" -eq 0 ] || [ -n "$ROOT" ] \
-			|| warn "the venv's Python lives in $base_prefix, which the unit hides (ProtectHome=yes): the service cannot start. Remove $venv and re-run with --python /usr/bin/python3, or set ProtectHome=read-only in a drop-in"
-		;;
-	esac
 	if [ -n "$FROM" ]; then
 		say "installing dc-agent from $spec"
 	else

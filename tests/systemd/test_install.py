@@ -41,8 +41,9 @@ class Run:
         return self.stdout + self.stderr
 
 
-def run_installer(*args: str, timeout: float = 600) -> Run:
+def run_installer(*args: str, timeout: float = 600, extra_env: dict[str, str] | None = None) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DC_AGENT_")}
+    env.update(extra_env or {})
     started = time.monotonic()
     res = subprocess.run(["bash", str(INSTALLER), *args], capture_output=True, text=True, env=env,
                          timeout=timeout, stdin=subprocess.DEVNULL, cwd="/")
@@ -144,6 +145,40 @@ class TestArguments:
         """--from a path that does not exist says so before anything is installed."""
         res = run_installer("--root", str(tmp_path), "--token", "t", "--from", str(tmp_path / "nope"))
         assert res.returncode != 0 and "no such file or directory" in res.stderr
+
+
+    def test_refuses_to_run_as_a_normal_user(self, tmp_path):
+        """Without root (and without --root) the installer stops at once and says how to run it."""
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            pytest.skip("needs root and setpriv to run the installer as another user")
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash",
+                              str(INSTALLER), "--token", "t"], capture_output=True, text=True, env=env,
+                             timeout=60, cwd="/", stdin=subprocess.DEVNULL)
+        assert res.returncode != 0
+        assert "run as root" in res.stderr and "sudo bash -s --" in res.stderr
+
+    @pytest.mark.parametrize("version, has_venv, message", [
+        ("3.10.12", True, "needs Python 3.11 or newer"),
+        ("3.11.2", False, "apt-get install python3-venv"),
+    ])
+    def test_python_checks(self, tmp_path, version, has_venv, message):
+        """A Python older than 3.11, or one without the venv module, is refused with the fix."""
+        fake = tmp_path / "python3"
+        major, minor = (int(x) for x in version.split(".")[:2])
+        fake.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = -V ]; then echo "Python {version}"; exit 0; fi\n'
+            'case "$2" in\n'
+            f"  *version_info*) [ {major * 100 + minor} -ge 311 ] && exit 0 || exit 1 ;;\n"
+            f"  *ensurepip*) exit {0 if has_venv else 1} ;;\n"
+            "esac\nexit 1\n")
+        fake.chmod(0o755)
+        root = tmp_path / "root"
+        res = run_installer("--root", str(root), "--token", "t", "--no-systemd", "--python", str(fake))
+        assert res.returncode != 0
+        assert message in res.stderr, res.stderr
+        assert not (root / "opt").exists()
 
 
 class TestFirstInstall:
@@ -254,13 +289,14 @@ class TestRefusals:
 
 def test_custom_paths_and_systemctl_root_enable(pool, tmp_path):
     """--prefix, --config-dir and --state-dir are written into the unit (and a drop-in lets the agent
-    write the state directory); without --no-systemd, --root enables the unit with `systemctl --root`."""
+    write the state directory); without --no-systemd, --root enables the unit with `systemctl --root`;
+    the token may come from DC_AGENT_SETUP_TOKEN instead of the command line."""
     if shutil.which("systemctl") is None:
         pytest.skip("systemctl not installed (Debian package `systemd`)")
     token = pool.provider.create_token(pool.pool_id)
-    res = run_installer("--token", token, "--api-url", pool.server.url, "--root", str(tmp_path),
+    res = run_installer("--api-url", pool.server.url, "--root", str(tmp_path),
                         "--from", str(REPO), "--prefix", "/opt/dca", "--config-dir", "/etc/dca",
-                        "--state-dir", "/srv/dca-state")
+                        "--state-dir", "/srv/dca-state", extra_env={"DC_AGENT_SETUP_TOKEN": token})
     print(f"install with custom paths took {res.seconds:.1f} s")
     assert res.returncode == 0, res.output
     units = tmp_path / "etc" / "systemd" / "system"
@@ -273,3 +309,4 @@ def test_custom_paths_and_systemctl_root_enable(pool, tmp_path):
     assert (tmp_path / "opt" / "dca" / "venv" / "bin" / "dc-agent").exists()
     assert "enabled under" in res.stdout
     assert token not in res.output
+    assert token not in pool.pending_tokens()
