@@ -301,12 +301,16 @@ class Agent:
                 f"outbox {len(self.outbox)}" + ("; draining" if self.stopping else ""))
 
     async def _housekeeping_loop(self) -> None:
+        """Every second: status.json; at systemd's watchdog interval: WATCHDOG=1 (proof the loop runs)."""
         sd = _sd()
         watchdog = sd.watchdog_interval_seconds() if sd else None
         tick = min(1.0, watchdog) if watchdog else 1.0
+        last_ping = float("-inf")
         while True:
-            if sd and watchdog:
+            now = time.monotonic()
+            if sd and watchdog and now - last_ping >= watchdog:
                 sd.notify_watchdog()
+                last_ping = now
             self._save_state()
             await asyncio.sleep(tick)
 

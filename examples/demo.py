@@ -203,7 +203,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait()
-            print(f"    {name} stopped (exit status {rc})")
+            clean = rc == 0 or (name == "pool_api" and rc == -signal.SIGTERM)  # uvicorn re-raises SIGTERM
+            print(f"    {name} stopped" + ("" if clean else f" (exit status {rc})"))
         if args.keep or code != 0:
             print(f"\nLogs and configs kept in {work}")
         else:

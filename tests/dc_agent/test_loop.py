@@ -317,3 +317,44 @@ class TestShutdown:
             return api.count("heartbeat") - before
 
         assert asyncio.run(scenario()) >= 2
+
+
+class TestSystemdNotify:
+    def test_ready_watchdog_status_and_stopping_reach_notify_socket(self, tmp_path, monkeypatch):
+        """Under systemd the loop sends READY=1 at start, WATCHDOG=1 at the interval, STATUS, STOPPING=1."""
+        import os
+        import socket
+
+        path = str(tmp_path / "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+        api = FakeApi([])
+        agent = make_agent(tmp_path, api, Driver())
+        messages: list[str] = []
+
+        async def scenario() -> None:
+            task = asyncio.create_task(agent.run())
+            while sum(m == "WATCHDOG=1" for m in messages) < 3:
+                await asyncio.sleep(0.05)
+                while True:
+                    try:
+                        messages.append(sock.recv(4096).decode())
+                    except BlockingIOError:
+                        break
+            agent.request_stop("test")
+            await asyncio.wait_for(task, 30)
+
+        asyncio.run(scenario())
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        sock.close()
+        assert messages[0] == "READY=1"
+        assert any(m.startswith("STATUS=API ok") for m in messages), messages
+        assert "STOPPING=1" in messages

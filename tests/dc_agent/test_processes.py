@@ -133,3 +133,57 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+def test_reconcile_removes_the_instance_of_a_cancelled_contract(pg_url, tmp_path):
+    """A cancelled contract's instance is terminated by reconcile and reported; the others are kept."""
+    with running_pool_api(pg_url, heartbeat_seconds=2, lock_sweep_seconds=1) as server:
+        provider, pool = setup_pool(server, "script")
+        fleet = Fleet(tmp_path, server, provider, pool["poolId"], script_delay=0.2,
+                      agent_options={"reconcile_interval_seconds": 2})
+        agent = fleet.add_agent("reconciler")
+        agent.start()
+        try:
+            keep, cancel = provider.create_contract("off-1", 2)
+            fleet.wait_provisioned([keep, cancel], timeout=60)
+            server.admin("contract", "cancel", cancel)
+            row = wait_until(lambda: (r := json.loads(server.admin("contract", "show", cancel, "--json")))
+                             ["terminatedAtNs"] and r, 60, "the cancelled contract to be reported terminated")
+            assert row["terminatedBy"] == json.loads(cli("status", "--json", "--config", str(agent.config)).stdout)["agentPubkey"]
+            terminated = [c["contract"] for c in fleet.script_calls() if c["action"] == "terminate"]
+            assert terminated == [cancel]
+            remaining = [json.loads(p.read_text())["contractId"] for p in fleet.vms.glob("*.json")]
+            assert remaining == [keep]
+            assert json.loads(server.admin("contract", "show", keep, "--json"))["status"] == "provisioned"
+        finally:
+            agent.stop()
+            provider.close()
+
+
+def test_failed_script_is_reported_with_its_stderr_and_retried(pg_url, tmp_path):
+    """A script exiting non-zero reports `failed` with its stderr; the contract is retried and provisioned."""
+    with running_pool_api(pg_url, heartbeat_seconds=2, lock_sweep_seconds=1) as server:
+        provider, pool = setup_pool(server, "script")
+        fleet = Fleet(tmp_path, server, provider, pool["poolId"], script_delay=0.1)
+        agent = fleet.add_agent("flaky")
+        import tomllib
+
+        import tomli_w
+
+        data = tomllib.loads(agent.config.read_text())
+        data["provisioner"]["script"]["command"] += ["--fail-every", "2"]
+        agent.config.write_text(tomli_w.dumps(data))
+        agent.start()
+        try:
+            ids = provider.create_contract("off-1", 4)
+            rows = fleet.wait_provisioned(ids, timeout=90)
+            failures = [rows[c] for c in ids if rows[c]["failureCount"]]
+            assert failures, "every second run fails, so some contract failed at least once"
+            assert all("no capacity left" in r["lastError"] and "exited with status 3" in r["lastError"]
+                       for r in failures)
+            assert agent.counters()["failed"] >= 2
+            figures = fleet.figures(ids)
+            assert figures["doubles_script"] == 0 and figures["lost_db"] == 0
+        finally:
+            agent.stop()
+            provider.close()
