@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.pool_api.helpers import dispose_engines, quick_provider
 from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.postgres import PostgresCluster
 from tests.support.provider import Provider
@@ -44,9 +45,16 @@ def fresh_server(request: pytest.FixtureRequest, db_url: str) -> Iterator[Callab
         yield start
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _dispose_test_engines() -> Iterator[None]:
+    yield
+    dispose_engines()
+
+
 @pytest.fixture
 def provider(server: PoolServer) -> Iterator[Provider]:
-    p = Provider.register(server, name="acme")
+    """A provider registered on the module's server (in-process; test_flow covers `provider add`)."""
+    p = quick_provider(server)
     try:
         yield p
     finally:

@@ -87,3 +87,59 @@ def new_agent(provider: Provider, pool_id: str, label: str | None = None, server
 
 def admin_json(server: PoolServer, *args: str) -> Any:
     return jsonlib.loads(server.admin(*args, "--json"))
+
+
+# --- direct database access (fast stand-ins for the admin CLI; the CLI itself is tested in test_flow) ---
+
+_ENGINES: dict[str, Any] = {}
+
+
+def engine_for(server: PoolServer):  # noqa: ANN201
+    """A cached engine on the server's database, configured like the server's (SQLite pragmas)."""
+    from pool_api.db import create_engine
+
+    if server.database_url not in _ENGINES:
+        _ENGINES[server.database_url] = create_engine(server.database_url)
+    return _ENGINES[server.database_url]
+
+
+def make_contracts(server: PoolServer, offering_id: str, count: int = 1, **kw: Any) -> list[str]:
+    """What `dc-pool-api contract create` does, in-process: paid, accepted contracts (kw: status, payment_status)."""
+    from pool_api.contracts import create_contracts
+
+    with engine_for(server).begin() as conn:
+        return create_contracts(conn, offering_id, count=count, **kw)
+
+
+def contract(server: PoolServer, contract_id: str) -> dict[str, Any]:
+    """What `dc-pool-api contract show --json` prints, in-process."""
+    from pool_api.contracts import contract_json, get_contract
+
+    with engine_for(server).connect() as conn:
+        return contract_json(get_contract(conn, contract_id))
+
+
+def cancel(server: PoolServer, contract_id: str) -> None:
+    from pool_api.contracts import cancel as cancel_contract
+
+    with engine_for(server).begin() as conn:
+        cancel_contract(conn, contract_id)
+
+
+def quick_provider(server: PoolServer) -> Provider:
+    """What `Provider.register` does (`dc-pool-api provider add`), in-process."""
+    import sqlalchemy as sa
+
+    from pool_api.db import now_ns
+    from pool_api.tables import providers
+
+    key = SigningKey.generate()
+    with engine_for(server).begin() as conn:
+        conn.execute(sa.insert(providers).values(pubkey=hexkey(key), name="test", created_at_ns=now_ns()))
+    return Provider(server, key)
+
+
+def dispose_engines() -> None:
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()

@@ -15,7 +15,17 @@ from nacl.signing import SigningKey
 from pool_api.tables import agent_delegations
 from tests.support.pool_server import PoolServer
 from tests.support.provider import Provider, data
-from tests.pool_api.helpers import Agent, admin_json, error, hexkey, new_agent, signed_request
+from tests.pool_api.helpers import (
+    admin_json,
+    cancel,
+    contract,
+    error,
+    hexkey,
+    make_contracts,
+    new_agent,
+    quick_provider,
+    signed_request,
+)
 
 
 class TestPools:
@@ -154,7 +164,7 @@ class TestSignatures:
 
     def test_wrong_provider_path_and_wrong_role(self, server: PoolServer, provider: Provider) -> None:
         """A path for another provider is 403 for providers and agents; roles cannot use each other's endpoints."""
-        other = Provider.register(server)
+        other = quick_provider(server)
         pool = provider.create_pool("roles", "europe", "proxmox")
         agent = new_agent(provider, pool["poolId"])
         error(other.client.get(f"/providers/{provider.pubkey}/pools"), 403)
@@ -217,7 +227,7 @@ class TestOfferings:
         assert (o["cpuCores"], o["memoryMb"], o["storageGb"], o["price"], o["productType"]) == (4, 8192, 80, 12.5, "compute")
         assert o["provisionerConfig"] == {"templateVmid": 9000} and o["datacenterCountry"] == "DE"
         error(provider.request("POST", "/offerings", {"offeringId": "full", "name": "x", "datacenterCountry": "DE"}), 409)
-        other = Provider.register(server)
+        other = quick_provider(server)
         foreign = other.create_pool("foreign", "europe", "proxmox")
         assert "agentPoolId" in error(provider.request("POST", "/offerings", {
             "name": "x", "datacenterCountry": "DE", "agentPoolId": foreign["poolId"]}), 422)
@@ -248,10 +258,10 @@ class TestProvisioning:
     def test_pending_filters_by_pool_payment_and_lock(self, server: PoolServer, world) -> None:
         """Each pool's agents see their region's paid contracts, oldest first, minus those others hold."""
         provider, a, b, us = world
-        de = provider.create_contract(provider.de, 3)
-        [us_c] = provider.create_contract(provider.us)
-        provider.create_contract(provider.de, 1, "--payment-status", "pending")
-        provider.create_contract(provider.de, 1, "--status", "requested")
+        de = make_contracts(provider.server, provider.de, 3)
+        [us_c] = make_contracts(provider.server, provider.us)
+        make_contracts(server, provider.de, 1, payment_status="pending")
+        make_contracts(server, provider.de, 1, status="requested")
         assert a.pending_ids() == de and us.pending_ids() == [us_c]
         first = a.pending()[0]
         assert (first["cpuCores"], first["memoryMb"], first["storageGb"], first["datacenterCountry"]) == (2, 1024, 10, "DE")
@@ -265,13 +275,13 @@ class TestProvisioning:
     def test_lock_refusals(self, server: PoolServer, world) -> None:
         """Other pool 403, unknown or other provider's contract 404, held 409, provisioned 409, cancelled 409."""
         provider, a, b, us = world
-        [cid] = provider.create_contract(provider.de)
+        [cid] = make_contracts(provider.server, provider.de)
         assert "pool" in error(us.lock(cid), 403)
         error(a.lock("nope"), 404)
-        other = Provider.register(server)
+        other = quick_provider(server)
         other_pool = other.create_pool("o", "europe", "proxmox")
         other.create_offering(f"o-de-{other.pubkey[:8]}", "DE")
-        [foreign] = other.create_contract(f"o-de-{other.pubkey[:8]}")
+        [foreign] = make_contracts(other.server, f"o-de-{other.pubkey[:8]}")
         error(a.lock(foreign), 404)
         first = data(a.lock(cid))
         assert "another agent" in error(b.lock(cid), 409)
@@ -280,10 +290,10 @@ class TestProvisioning:
         data(a.provisioned(cid))
         assert "provisioned" in error(b.lock(cid), 409)
         assert "provisioned" in error(a.lock(cid), 409)
-        [cancelled] = provider.create_contract(provider.de)
-        server.admin("contract", "cancel", cancelled)
+        [cancelled] = make_contracts(provider.server, provider.de)
+        cancel(server, cancelled)
         assert "cancelled" in error(a.lock(cancelled), 409)
-        [unpaid] = provider.create_contract(provider.de, 1, "--payment-status", "pending")
+        [unpaid] = make_contracts(server, provider.de, 1, payment_status="pending")
         error(a.lock(unpaid), 409)
         assert other_pool
         other.close()
@@ -291,7 +301,7 @@ class TestProvisioning:
     def test_release(self, world) -> None:
         """Only the holder releases (403 otherwise); releasing a free lock is 200 released=false."""
         provider, a, b, _ = world
-        [cid] = provider.create_contract(provider.de)
+        [cid] = make_contracts(provider.server, provider.de)
         data(a.lock(cid))
         assert "lock holder" in error(b.unlock(cid), 403)
         assert data(a.unlock(cid))["released"] is True
@@ -301,7 +311,7 @@ class TestProvisioning:
     def test_provisioned_rules(self, server: PoolServer, world) -> None:
         """Only the holder reports; a repeat is 200 without change; another report or agent is 409."""
         provider, a, b, _ = world
-        [cid] = provider.create_contract(provider.de)
+        [cid] = make_contracts(provider.server, provider.de)
         assert "lock holder" in error(a.provisioned(cid), 403)
         data(a.lock(cid))
         error(b.provisioned(cid), 403)
@@ -309,10 +319,10 @@ class TestProvisioning:
                    "provisioner": "proxmox", "node": "pve1", "extra": {"vmid": 101}}
         done = data(a.provisioned(cid, details))
         assert done["status"] == "provisioned" and done["repeated"] is False
-        before = admin_json(server, "contract", "show", cid)
+        before = contract(server, cid)
         again = data(a.provisioned(cid, details))
         assert again["repeated"] is True and again["provisionedAtNs"] == done["provisionedAtNs"]
-        assert admin_json(server, "contract", "show", cid) == before
+        assert contract(server, cid) == before
         assert before["instanceDetails"] == details and before["lockAgent"] is None
         assert "different" in error(a.provisioned(cid, {**details, "externalId": "102"}), 409)
         assert "another agent" in error(b.provisioned(cid, details), 409)
@@ -321,14 +331,14 @@ class TestProvisioning:
     def test_failed_rules(self, server: PoolServer, world) -> None:
         """failed clears the lock, counts, keeps the contract open; a repeat counts nothing; non-holders 403."""
         provider, a, b, _ = world
-        [cid] = provider.create_contract(provider.de)
+        [cid] = make_contracts(provider.server, provider.de)
         error(a.failed(cid), 403)
         data(a.lock(cid))
         error(b.failed(cid), 403)
         out = data(a.failed(cid, "clone timed out"))
         assert (out["status"], out["failureCount"], out["repeated"]) == ("accepted", 1, False)
         assert data(a.failed(cid, "clone timed out"))["repeated"] is True
-        shown = admin_json(server, "contract", "show", cid)
+        shown = contract(server, cid)
         assert (shown["failureCount"], shown["lastError"], shown["lockAgent"]) == (1, "clone timed out", None)
         assert cid in b.pending_ids()
         data(b.lock(cid))
@@ -340,7 +350,7 @@ class TestProvisioning:
     def test_reconcile_and_terminated(self, server: PoolServer, world) -> None:
         """Reconcile keeps own instances, terminates cancelled/orphaned ones, reports unknown ones."""
         provider, a, b, _ = world
-        kept, cancelled, orphan, mine_locked = provider.create_contract(provider.de, 4)
+        kept, cancelled, orphan, mine_locked = make_contracts(provider.server, provider.de, 4)
         for cid in (kept, cancelled):
             data(a.lock(cid))
             data(a.provisioned(cid, {"externalId": f"vm-{cid}"}))
@@ -365,14 +375,14 @@ class TestProvisioning:
         done = data(a.call("PUT", f"/contracts/{cancelled}/terminated"))
         assert done["status"] == "terminated" and done["repeated"] is False
         assert data(a.call("PUT", f"/contracts/{cancelled}/terminated"))["repeated"] is True
-        assert admin_json(server, "contract", "show", cancelled)["status"] == "terminated"
+        assert contract(server, cancelled)["status"] == "terminated"
         assert "runningInstances" in error(a.call("POST", "/reconcile", {"runningInstances": [{"contractId": "x"}]}), 422)
 
     def test_legacy_agent_without_pool_sees_all(self, server: PoolServer, world) -> None:
         """An agent whose delegation has no pool (legacy) sees and may lock every contract of its provider."""
         provider, a, _, _ = world
-        de = provider.create_contract(provider.de)
-        us_c = provider.create_contract(provider.us)
+        de = make_contracts(provider.server, provider.de)
+        us_c = make_contracts(provider.server, provider.us)
         legacy = new_agent(provider, provider.create_pool("w-legacy", "apac", "proxmox")["poolId"])
         engine = sa.create_engine(server.database_url)
         with engine.begin() as conn:
@@ -396,7 +406,7 @@ class TestMisc:
         """contract list --json shows created contracts with their status; provider GET /contracts too."""
         offering = f"adm-{provider.pubkey[:8]}"
         provider.create_offering(offering, "DE")
-        ids = provider.create_contract(offering, 2)
+        ids = make_contracts(provider.server, offering, 2)
         listed = {c["contractId"]: c for c in admin_json(server, "contract", "list", "--status", "accepted")}
         assert set(ids) <= set(listed) and listed[ids[0]]["offeringId"] == offering
         mine = data(provider.request("GET", "/contracts"))

@@ -10,8 +10,9 @@ from tests.support.provider import Provider, agent_client, data, make_agent
 
 
 class TestMainPath:
-    def test_setup_to_provisioned(self, server: PoolServer, provider: Provider) -> None:
+    def test_setup_to_provisioned(self, server: PoolServer) -> None:
         """A pool's agent finds a routed contract, locks it, reports it provisioned; a repeat changes nothing."""
+        provider = Provider.register(server, name="acme")
         pool = provider.create_pool("eu-proxmox", "europe", "proxmox")
         offering = provider.create_offering("vps-eu", "DE", cpuCores=2, memoryMb=2048, storageGb=20, price=5.0)
         assert offering["resolvedPool"]["poolId"] == pool["poolId"]

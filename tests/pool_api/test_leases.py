@@ -9,8 +9,8 @@ import uuid
 import sqlalchemy as sa
 
 from pool_api.tables import agent_setup_tokens
-from tests.pool_api.helpers import admin_json, error, new_agent
-from tests.support.provider import Provider, data
+from tests.pool_api.helpers import contract, error, make_contracts, new_agent, quick_provider
+from tests.support.provider import data
 
 TTL = 2
 
@@ -32,11 +32,11 @@ class TestLeases:
         """The holder's re-lock extends the lease past the first expiry; once it lapses, another agent takes
         the contract and the old holder's re-lock (409), provisioned (403) and failed (403) are refused."""
         server = fresh_server(lock_ttl_seconds=TTL, lock_sweep_seconds=60)
-        provider = Provider.register(server)
+        provider = quick_provider(server)
         pool = provider.create_pool("lease", "europe", "proxmox")
         provider.create_offering("lease", "DE")
         a, b = new_agent(provider, pool["poolId"]), new_agent(provider, pool["poolId"])
-        [cid] = provider.create_contract("lease")
+        [cid] = make_contracts(provider.server, "lease")
         first = data(a.lock(cid))
         assert first["expiresAtNs"] - first["lockedAtNs"] == TTL * 10**9
         expiries = [first["expiresAtNs"]]
@@ -59,13 +59,13 @@ class TestLeases:
     def test_sweep_clears_expired_locks(self, fresh_server) -> None:
         """The lock sweep clears an expired lock; the lapsed holder must lock again before reporting."""
         server = fresh_server(lock_ttl_seconds=1, lock_sweep_seconds=0.3)
-        provider = Provider.register(server)
+        provider = quick_provider(server)
         pool = provider.create_pool("sweep", "europe", "proxmox")
         provider.create_offering("sweep", "DE")
         a = new_agent(provider, pool["poolId"])
-        [cid] = provider.create_contract("sweep")
+        [cid] = make_contracts(provider.server, "sweep")
         data(a.lock(cid))
-        wait_for(lambda: admin_json(server, "contract", "show", cid)["lockAgent"] is None)
+        wait_for(lambda: contract(server, cid)["lockAgent"] is None)
         assert "lock is free" in error(a.provisioned(cid), 403)
         data(a.lock(cid))
         data(a.provisioned(cid))
@@ -74,7 +74,7 @@ class TestLeases:
     def test_sweep_deletes_expired_tokens(self, fresh_server) -> None:
         """The token sweep deletes expired unused tokens and keeps live ones."""
         server = fresh_server(token_sweep_seconds=0.3)
-        provider = Provider.register(server)
+        provider = quick_provider(server)
         pool = provider.create_pool("tokens", "europe", "proxmox")
         live = provider.create_token(pool["poolId"], label="live")
         engine = sa.create_engine(server.database_url)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from tests.pool_api.helpers import Agent, admin_json, error, hexkey, new_agent
+from tests.pool_api.helpers import Agent, admin_json, contract, error, hexkey, make_contracts, new_agent, quick_provider
 from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.provider import Provider, data
 
@@ -67,7 +67,7 @@ def lock_race(provider: Provider, offering: str, agents: list[Agent], label: str
     """REPEATS lock races on fresh contracts; assert one winner each; return the winners' keys."""
     winners = []
     for repeat in range(REPEATS):
-        [cid] = provider.create_contract(offering)
+        [cid] = make_contracts(provider.server, offering)
         spans: list[tuple[float, float]] = []
         responses = race([lambda a=a: a.lock(cid) for a in agents], spans)
         statuses = Counter(r.status_code for r in responses)
@@ -77,7 +77,7 @@ def lock_race(provider: Provider, offering: str, agents: list[Agent], label: str
               f"200 x{statuses[200]}, 409 x{statuses[409]}, winner agent #{agents.index(won[0]) if won else None}, "
               f"{in_flight}/{len(agents)} in flight before the first answer came back")
         assert statuses == Counter({200: 1, 409: len(agents) - 1}), statuses
-        assert admin_json(provider.server, "contract", "show", cid)["lockAgent"] == won[0].pubkey
+        assert contract(provider.server, cid)["lockAgent"] == won[0].pubkey
         winners.append(won[0].pubkey)
     return winners
 
@@ -137,7 +137,7 @@ class TestTwoReplicas:
     def test_replayed_nonce_refused_by_other_replica(self, replicas) -> None:
         """A signed request accepted by replica A is refused as a replay by replica B, and vice versa."""
         a, b = replicas
-        provider = Provider.register(a)
+        provider = quick_provider(a)
         pool = provider.create_pool("replay", "europe", "proxmox")
         agent = new_agent(provider, pool["poolId"])
         for first, second in ((a, b), (b, a)):
@@ -158,7 +158,7 @@ class TestTwoReplicas:
     def test_lock_race_across_replicas(self, replicas) -> None:
         """16 agents, half on each replica, lock one contract: one winner in each of 5 repeats."""
         a, b = replicas
-        provider = Provider.register(a)
+        provider = quick_provider(a)
         provider.create_offering("x-race", "DE")
         _pool, agents = agents_in_pool(provider, LOCKERS, servers=[a, b])
         winners = lock_race(provider, "x-race", agents, "two replicas")
@@ -171,10 +171,10 @@ class TestTwoReplicas:
     def test_every_contract_provisioned_once(self, replicas) -> None:
         """Six agents polling two replicas work through 30 contracts: each provisioned by exactly one agent."""
         a, b = replicas
-        provider = Provider.register(a)
+        provider = quick_provider(a)
         provider.create_offering("x-soak", "DE")
         _pool, agents = agents_in_pool(provider, 6, servers=[a, b])
-        ids = provider.create_contract("x-soak", 30)
+        ids = make_contracts(provider.server, "x-soak", 30)
         successes: Counter[str] = Counter()
         conflicts = Counter()
         guard = threading.Lock()
