@@ -39,3 +39,17 @@ class TestMainPath:
         shown = json.loads(server.admin("contract", "show", cid, "--json"))
         assert shown["status"] == "provisioned" and shown["lockAgent"] is None
         assert shown["instanceDetails"] == details and shown["provisionedBy"] == key.verify_key.encode().hex()
+
+
+class TestServerProcess:
+    def test_restart_keeps_port_and_data(self, fresh_server) -> None:
+        """PoolServer.restart() stops (SIGTERM) and starts serve again on the same port and database."""
+        server = fresh_server()
+        provider = Provider.register(server)
+        pool = provider.create_pool("kept", "latam", "proxmox")
+        url = server.url
+        server.restart()
+        assert server.url == url
+        assert [p["poolId"] for p in data(provider.request("GET", "/pools"))] == [pool["poolId"]]
+        assert "Application startup complete" in server.log_path.read_text()
+        provider.close()
