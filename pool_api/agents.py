@@ -20,8 +20,8 @@ AGENT_PERMISSIONS = ["heartbeat", "pending-provision", "lock", "provisioned", "f
 def setup(conn: sa.Connection, token: str, agent_pubkey: str) -> dict[str, Any]:
     """Consume the token and create the agent's delegation, in one transaction (caller commits).
 
-    A key that is already registered is refused (409) and the token stays unused, because the
-    whole transaction rolls back: re-registering must be explicit (revoke first), never silent.
+    A key that is already registered (revoked or not) is refused (409) and the token stays unused,
+    because the whole transaction rolls back: a new identity needs a new key, never a silent takeover.
     """
     now = now_ns()
     agent_pubkey = agent_pubkey.lower()

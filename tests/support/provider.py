@@ -6,6 +6,13 @@
     key, setup = make_agent(provider, pool["poolId"])       # POST /agents/setup with a new agent key
     agent = agent_client(server, key)                       # httpx.Client signed as that agent
     agent.post(f"/providers/{provider.pubkey}/heartbeat", json={...})
+
+As a pytest fixture:
+
+    @pytest.fixture
+    def provider(server):
+        with Provider.register(server) as p:
+            yield p
 """
 
 from __future__ import annotations
@@ -93,6 +100,12 @@ class Provider:
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self) -> Provider:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def make_agent(provider: Provider, pool_id: str, label: str | None = None) -> tuple[SigningKey, dict[str, Any]]:
