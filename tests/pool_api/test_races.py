@@ -203,3 +203,33 @@ class TestTwoReplicas:
         assert all(shown[c]["instanceDetails"]["externalId"].startswith(shown[c]["provisionedBy"][:8]) for c in ids)
         for agent in agents:
             agent.close()
+
+
+class TestReplicasTogether:
+    def test_start_together_and_sweep_together(self, db_url: str) -> None:
+        """Two `serve` processes started at the same moment on an empty database both come up (one runs the
+        migrations, the other waits), and their lock sweeps running side by side clear an expired lock
+        without a failed job in either log."""
+        servers = [PoolServer(db_url, lock_ttl_seconds=1, lock_sweep_seconds=0.2) for _ in range(2)]
+        try:
+            started = race([lambda s=s: (s.start(), httpx.Response(200))[1] for s in servers])
+            assert [r.status_code for r in started] == [200, 200]
+            provider = quick_provider(servers[0])
+            pool = provider.create_pool("together", "europe", "proxmox")
+            provider.create_offering("together", "DE")
+            agent = new_agent(provider, pool["poolId"], server=servers[1])
+            cids = make_contracts(servers[0], "together", 3)
+            for cid in cids:
+                data(agent.lock(cid))
+            deadline = time.monotonic() + 30
+            while any(contract(servers[0], cid)["lockAgent"] for cid in cids):
+                assert time.monotonic() < deadline, "locks not cleared by the sweeps"
+                time.sleep(0.2)
+            logs = [s.log_path.read_text() for s in servers]
+            assert all("job_failed" not in log and "Traceback" not in log for log in logs), logs
+            print(f"[replicas together, {db_url.split(':')[0]}] both started; 3 expired locks cleared by two sweeping replicas")
+            agent.close()
+            provider.close()
+        finally:
+            for s in servers:
+                s.cleanup()
