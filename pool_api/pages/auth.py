@@ -60,8 +60,8 @@ def consume_login_link(conn: sa.Connection, token: str) -> str:
         .returning(links.c.provider_pubkey)
     ).scalar_one_or_none()
     if pubkey is None:
-        raise ApiError(410, "this sign-in link is unknown, expired or already used: "
-                            "run `dc-pool-api login-link --pubkey …` for a new one")
+        raise ApiError(410, "This sign-in link is unknown, expired or already used. "
+                            "Run dc-pool-api login-link on the server for a new one.")
     return pubkey
 
 

@@ -161,7 +161,7 @@ async def login(request: Request, token: str | None = None, next: str | None = N
     try:
         cookie = await run_in_threadpool(sign_in)
     except ApiError as exc:
-        return render(request, "login.html", exc.status, error=exc.message)
+        return render(request, "login.html", exc.status, link_error=exc.message)
     response = redirect(_next_page(next))
     response.set_cookie(auth.SESSION_COOKIE, cookie, max_age=auth.SESSION_TTL_HOURS * 3600, path="/provider",
                         httponly=True, samesite="strict", secure=request.url.scheme == "https")

@@ -50,7 +50,6 @@ class Browser:
     def __init__(self, server: PoolServer, provider: Provider) -> None:
         self.server = server
         self.provider = provider
-        self.profile = Path(tempfile.mkdtemp(prefix="dc-pages-chromium-"))
 
     def login_link(self, next_page: str) -> str:
         link = self.server.admin("login-link", "--pubkey", self.provider.pubkey, "--base-url", self.server.url).strip()
@@ -58,24 +57,33 @@ class Browser:
         return f"{link}&next={quote(next_page)}"
 
     def load(self, next_page: str, screenshot: str) -> str:
-        """Open a fresh sign-in link that lands on `next_page`; return the DOM, write the screenshot."""
+        """Open a fresh sign-in link that lands on `next_page` in a fresh profile (no cookie but the one
+        the link sets); return the DOM, write the screenshot."""
+        dom = self.open(self.login_link(next_page), screenshot)
+        assert "<h1>Sign in</h1>" not in dom, f"not signed in on {next_page}: {dom[:2000]}"
+        return dom
+
+    def open(self, url: str, screenshot: str, profile: Path | None = None) -> str:
+        """One Chromium run on `url` (in `profile`, default a new empty one): the DOM, and a screenshot."""
+        if profile is None:
+            fresh = Path(tempfile.mkdtemp(prefix="dc-pages-chromium-"))
+            try:
+                return self.open(url, screenshot, fresh)
+            finally:
+                shutil.rmtree(fresh, ignore_errors=True)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         target = SCREENSHOTS / screenshot
         target.unlink(missing_ok=True)
         argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", f"--user-data-dir={self.profile}", "--window-size=1400,900",
-                f"--screenshot={target}", "--dump-dom", self.login_link(next_page)]
+                "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1400,900",
+                f"--screenshot={target}", "--dump-dom", url]
         res = subprocess.run(argv, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
         assert res.returncode == 0, f"chromium exited with {res.returncode}: {res.stderr[-2000:]}"
         dom = res.stdout
-        assert "<h1>Sign in</h1>" not in dom, f"not signed in on {next_page}: {dom[:2000]}"
         assert target.exists() and target.stat().st_size > 5000, f"no screenshot written to {target}"
         assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         return dom
-
-    def close(self) -> None:
-        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +119,10 @@ def world(pg_cluster) -> Iterator[dict]:  # noqa: ANN001 - session fixture from 
             provider.create_offering("sg-script", "SG", provisioner_type="script", name="Script SG", price=7)
             provider.create_offering("ded-br", "BR", name="Dedicated BR", productType="dedicated", price=99,
                                      cpuCores=16, memoryMb=65536, storageGb=2000)
-            browser = Browser(server, provider)
             try:
-                yield {"server": server, "provider": provider, "browser": browser, "eu": eu, "na": na,
-                       "apac": apac, "xss": xss, "not_yours": not_yours}
+                yield {"server": server, "provider": provider, "browser": Browser(server, provider), "eu": eu,
+                       "na": na, "apac": apac, "xss": xss, "not_yours": not_yours}
             finally:
-                browser.close()
                 for agent in agents:
                     agent.close()
                 provider.close()
@@ -192,3 +198,12 @@ def test_other_providers_pool_is_not_found(world: dict) -> None:
     """A signed-in browser asking for another provider's pool sees the 404 page, not the pool."""
     dom = world["browser"].load(f"/provider/pools/{world['not_yours']}", "not-found.png")
     assert "<h1>Not found</h1>" in dom and "unknown pool" in dom and "not-yours" not in dom
+
+
+def test_used_link_shows_sign_in(world: dict) -> None:
+    """A link works once: opened again (in a fresh profile, no cookie) it shows the sign-in page."""
+    browser = world["browser"]
+    link = browser.login_link("/provider/pools")
+    assert "<h1>Agent Pools</h1>" in browser.open(link, "pools-again.png")
+    dom = browser.open(link, "sign-in.png")
+    assert "<h1>Sign in</h1>" in dom and "already used" in dom and "<table" not in dom
