@@ -162,6 +162,8 @@ class ScriptProvisioner:
         env = {**os.environ, **self.extra_env, "DC_AGENT_ACTION": action}
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # a script never talks to systemd for us
             env.pop(name, None)
+        if self.runs_dir is not None:  # marks every process of ours, children included, for recover_orphans
+            env["DC_AGENT_RUN_DIR"] = str(self.runs_dir)
         if contract_id is not None:
             env["DC_AGENT_CONTRACT_ID"] = contract_id
         if external_id is not None:
@@ -359,22 +361,48 @@ class ScriptProvisioner:
     def recover_orphans(self) -> list[str]:
         """Kill provision runs left by a previous agent process (one that was SIGKILLed mid-run).
 
-        The agent calls this once at start, while it holds the state directory: any run recorded then
-        belongs to a process that is gone. Returns the contract ids whose run was stopped; the agent
-        then asks :meth:`find` whether the run had finished making the instance.
+        The agent calls this once at start, while it holds the state directory: any run of this driver
+        still alive then belongs to a process that is gone. Runs are found two ways: the records
+        written when each run starts, and the `DC_AGENT_RUN_DIR` mark in the environment of every
+        process a run started (which also covers a kill between starting a run and recording it).
+        Returns the contract ids whose run was stopped; the agent then asks :meth:`find` whether the
+        run had finished making the instance.
         """
-        if self.runs_dir is None or not self.runs_dir.exists():
+        if self.runs_dir is None:
             return []
-        stopped = []
-        for path in self.runs_dir.glob("*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
+        groups: dict[int, str] = {}
+        if self.runs_dir.exists():
+            for path in self.runs_dir.glob("*.json"):
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    path.unlink(missing_ok=True)
+                    continue
+                pid = int(record.get("pid") or 0)
+                if pid and record.get("start") and _proc_start_time(pid) == record.get("start"):
+                    groups[pid] = str(record.get("contractId"))
                 path.unlink(missing_ok=True)
+        groups.update(self._marked_groups())
+        for pgid in groups:
+            kill_group(pgid, self.kill_grace_seconds)
+        return sorted({cid for cid in groups.values() if cid})
+
+    def _marked_groups(self) -> dict[int, str]:
+        """Process groups of live processes carrying this driver's DC_AGENT_RUN_DIR mark."""
+        mark = f"DC_AGENT_RUN_DIR={self.runs_dir}".encode()
+        found: dict[int, str] = {}
+        me = os.getpid()
+        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+            if not entry.name.isdigit() or int(entry.name) == me:
                 continue
-            pid = int(record.get("pid") or 0)
-            if pid and record.get("start") and _proc_start_time(pid) == record.get("start"):
-                kill_group(pid, self.kill_grace_seconds)
-                stopped.append(str(record.get("contractId")))
-            path.unlink(missing_ok=True)
-        return stopped
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                pgid = os.getpgid(int(entry.name))
+            except (OSError, ProcessLookupError):
+                continue
+            if mark not in environ or pgid == os.getpgid(0):
+                continue
+            contract = next((v.split(b"=", 1)[1].decode(errors="replace") for v in environ
+                             if v.startswith(b"DC_AGENT_CONTRACT_ID=")), "")
+            found.setdefault(pgid, contract)
+        return found

@@ -188,8 +188,10 @@ class TestKilling:
         assert json.loads((tmp_path / "terminated.json").read_text()) == {"externalId": "vm-x"}
         assert not (tmp_path / "made").exists()
 
-    def test_orphaned_run_of_a_killed_agent_is_stopped_at_start(self, tmp_path):
-        """A run left by a SIGKILLed agent process is killed by the next agent's recover_orphans()."""
+    @pytest.mark.parametrize("lose_records", [False, True], ids=["recorded", "found-by-environment-mark"])
+    def test_orphaned_run_of_a_killed_agent_is_stopped_at_start(self, tmp_path, lose_records):
+        """A run left by a SIGKILLed agent process is killed by the next agent's recover_orphans(),
+        also when the agent died before recording the run (found by its environment mark)."""
         cmd = self._tree_script(tmp_path)
         state = tmp_path / "state"
         code = textwrap.dedent(f"""
@@ -206,6 +208,9 @@ class TestKilling:
         agent.wait()
         grandchild = int((tmp_path / "grandchild.pid").read_text())
         assert not gone(grandchild), "the script outlives its agent (it runs in its own session)"
+        if lose_records:
+            for record in (state / "running").glob("*.json"):
+                record.unlink()
         stopped = ScriptProvisioner({"command": [cmd], "state_dir": str(state), "kill_grace_seconds": 0.5}).recover_orphans()
         assert stopped == ["c-orphan"]
         wait_for(lambda: gone(grandchild), timeout=5, what="the orphaned group to die")
