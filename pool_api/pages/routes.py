@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pydantic
 import sqlalchemy as sa
@@ -359,12 +360,45 @@ async def revoke_agent(request: Request, pool_id: str, agent_pubkey: str) -> Res
 
 # --- offerings -------------------------------------------------------------------------------------
 
+OFFERINGS_PER_PAGE = 50
+
+
+def filter_offerings(rows: list[dict[str, Any]], pool: str, product_type: str, search: str) -> list[dict[str, Any]]:
+    """The wireframe's filters: pool (a pool id, or "none" for offerings no pool serves), type, text."""
+    out = rows
+    if pool == "none":
+        out = [r for r in out if r["resolvedPool"] is None]
+    elif pool:
+        out = [r for r in out if r["resolvedPool"] is not None and r["resolvedPool"]["poolId"] == pool]
+    if product_type:
+        out = [r for r in out if r["productType"] == product_type]
+    if search:
+        needle = search.casefold()
+        out = [r for r in out if needle in r["offeringId"].casefold() or needle in r["name"].casefold()]
+    return out
+
+
 @router.get("/offerings")
 async def offerings_page(request: Request) -> Response:
     def view(ctx: Ctx) -> Response:
+        q = ctx.request.query_params
+        filters = {"pool": q.get("pool", "")[:64], "type": q.get("type", "")[:32], "q": q.get("q", "").strip()[:200]}
+        try:
+            page = max(1, int(q.get("page", "1")))
+        except ValueError:
+            page = 1
         with ctx.engine.begin() as conn:
             rows = offerings.list_offerings(conn, ctx.provider)
+            pool_list = pools.list_pools(conn, ctx.provider, ctx.settings.online_window_ns)
         unrouted = [r for r in rows if r["resolvedPool"] is None]
-        return ctx.render("offerings.html", offerings=rows, unrouted=unrouted)
+        shown = filter_offerings(rows, filters["pool"], filters["type"], filters["q"])
+        pages = max(1, -(-len(shown) // OFFERINGS_PER_PAGE))
+        page = min(page, pages)
+        first = (page - 1) * OFFERINGS_PER_PAGE
+        return ctx.render("offerings.html", offerings=shown[first:first + OFFERINGS_PER_PAGE], total=len(rows),
+                          matched=len(shown), first=first, page=page, pages=pages, filters=filters,
+                          pools=pool_list, types=sorted({r["productType"] for r in rows}), unrouted=unrouted,
+                          page_link=lambda n: "/provider/offerings?" + urlencode(
+                              {**{k: v for k, v in filters.items() if v}, "page": n}))
 
     return await _page(request, view)

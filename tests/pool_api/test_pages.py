@@ -504,6 +504,33 @@ class TestOfferings:
         assert "1 offering has no pool" in client.get("/provider/offerings").text
 
 
+    def test_filters_and_pages(self, engine: sa.Engine, client: TestClient, alice: str) -> None:
+        """Filter by pool (or "no pool"), type and text; 50 rows a page."""
+        eu = make_pool(engine, alice, "europe-proxmox")
+        with engine.begin() as conn:
+            for i in range(55):
+                offerings.create_offering(conn, alice, {"name": f"VPS {i:02d}", "datacenter_country": "DE"}, f"vps-{i:02d}")
+            for i in range(3):
+                offerings.create_offering(conn, alice, {"name": f"Dedicated {i}", "product_type": "dedicated",
+                                                        "datacenter_country": "BR"}, f"ded-{i}")
+        first = client.get("/provider/offerings")
+        assert len(table_rows(first.text, "offerings")) == 50 and "Showing 1–50 of 58" in first.text
+        second = client.get("/provider/offerings", params={"page": "2"})
+        assert [r[0] for r in table_rows(second.text, "offerings")] == \
+               [f"vps-{i:02d}" for i in range(50, 55)] + ["ded-0", "ded-1", "ded-2"]
+        assert "Showing 51–58 of 58" in second.text
+        unrouted = client.get("/provider/offerings", params={"pool": "none"})
+        assert [r[0] for r in table_rows(unrouted.text, "offerings")] == ["ded-0", "ded-1", "ded-2"]
+        assert "(filtered from 58)" in unrouted.text
+        by_pool = client.get("/provider/offerings", params={"pool": eu, "q": "vps 1"})
+        assert [r[0] for r in table_rows(by_pool.text, "offerings")] == [f"vps-{i}" for i in range(10, 20)]
+        by_type = client.get("/provider/offerings", params={"type": "dedicated", "q": "DED-2"})
+        assert [r[0] for r in table_rows(by_type.text, "offerings")] == ["ded-2"]
+        nothing = client.get("/provider/offerings", params={"q": XSS, "page": "x"})
+        assert nothing.status_code == 200 and "No offering matches the filter." in nothing.text
+        assert "<script>" not in nothing.text and "&lt;script&gt;" in nothing.text
+
+
 class TestMisc:
     def test_static_files_headers_and_redirects(self, app: Any, client: TestClient) -> None:
         css = client.get("/provider/static/style.css")
