@@ -4,6 +4,7 @@ data the signed API reads (the page and the API call the same functions)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -261,8 +262,9 @@ class TestSignIn:
     def test_login_link_command(self, db_url: str, engine: sa.Engine, alice: str, app: Any) -> None:
         """`dc-pool-api login-link` prints a working link; a bad or unknown key is an error, no traceback."""
         def run(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DC_POOL_API_")}
             return subprocess.run([*pool_api_command(), "login-link", *args, "--database-url", db_url],
-                                  capture_output=True, text=True, cwd=REPO, timeout=120)
+                                  capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
         ok = run("--pubkey", ALICE.upper(), "--base-url", "https://pools.example.test/")
         assert ok.returncode == 0, ok.stderr
