@@ -53,6 +53,7 @@ from tests.support.provider import Provider  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 EXAMPLE_SCRIPT = REPO / "examples" / "script-provisioner.py"
+OWN_INSTANCES = REPO / "bench" / "own_instances.py"
 
 
 # -- small utilities ----------------------------------------------------------------------------------
@@ -169,6 +170,12 @@ def set_agent_options(agent: AgentProc, **options: Any) -> None:
     agent.config.write_text(tomli_w.dumps(data))
 
 
+def set_script_options(agent: AgentProc, **options: Any) -> None:
+    data = tomllib.loads(agent.config.read_text())
+    data["provisioner"]["script"].update(options)
+    agent.config.write_text(tomli_w.dumps(data))
+
+
 def kill_orphan_scripts(agent: AgentProc) -> list[str]:
     """Stop provision scripts a SIGKILLed agent left running (the driver's own recovery, from its records)."""
     from provisioners.script import ScriptProvisioner
@@ -239,8 +246,15 @@ class Bench:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fleet(self, n: int, *, script_delay: float, name: str = "fleet", **agent_options: Any) -> Fleet:
-        """`n` agents set up in parallel (`dc-agent setup` with a token each), script driver configured."""
+    def fleet(self, n: int, *, script_delay: float, name: str = "fleet", own_list: bool = True,
+              **agent_options: Any) -> Fleet:
+        """`n` agents set up in parallel (`dc-agent setup` with a token each), script driver configured.
+
+        The agents share the example script's instance directory (any agent's `find` can adopt what
+        another made). With `own_list` (default) each agent's `list_command` (reconcile) lists only the
+        instances its own node made (bench/own_instances.py), as a hypervisor's agent would; without it
+        every agent's reconcile sees, and is told to terminate, the instances other agents reported.
+        """
         assert self.server and self.provider
         base = self.base / name
         base.mkdir(parents=True, exist_ok=True)
@@ -250,6 +264,9 @@ class Bench:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, n)) as pool:
             list(pool.map(fleet.add_agent, [f"agent{i + 1:02d}" for i in range(n)]))
         fleet.agents.sort(key=lambda a: a.name)
+        if own_list:
+            for agent in fleet.agents:
+                set_script_options(agent, list_command=[sys.executable, str(OWN_INSTANCES), "--dir", str(fleet.vms)])
         return fleet
 
     def start(self, fleet: Fleet, timeout: float = 120) -> None:
