@@ -12,7 +12,7 @@ from pool_api.tables import agent_setup_tokens
 from tests.pool_api.helpers import contract, error, make_contracts, new_agent, quick_provider
 from tests.support.provider import data
 
-TTL = 2
+TTL = 3
 
 
 def wait_for(condition, deadline_s: float = 30.0, every: float = 0.2):
