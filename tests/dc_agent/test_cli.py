@@ -73,3 +73,45 @@ class TestStartUp:
         report = json.loads(res.stdout)
         assert report["healthy"] is False and report["checks"]["config"] is False
         assert "dc-agent setup" in report["problems"][0]
+
+
+class TestStateDirectory:
+    def _config(self, tmp_path: Path) -> Path:
+        from nacl.signing import SigningKey
+
+        from dc_agent import keys
+
+        keys.write(tmp_path / "agent.key", SigningKey.generate())
+        config = tmp_path / "config.toml"
+        config.write_text('[agent]\napi_url = "http://127.0.0.1:9"\nprovider_pubkey = "' + "ab" * 32 + '"\n'
+                          'pool_id = "p"\n[keys]\nprivate_key_path = "agent.key"\n'
+                          '[provisioner]\ntype = "script"\n[provisioner.script]\ncommand = ["true"]\n')
+        return config
+
+    def test_a_second_run_on_one_state_directory_is_refused(self, tmp_path):
+        """Two agents must never share an outbox: the second `run` stops with one line naming the first."""
+        from dc_agent.state import StateDirLock
+
+        config = self._config(tmp_path)
+        holder = StateDirLock(tmp_path / "state")
+        holder.acquire()
+        try:
+            res = subprocess.run([sys.executable, "-m", "dc_agent.cli", "run", "--config", str(config)],
+                                 capture_output=True, text=True, cwd=REPO, timeout=60)
+        finally:
+            holder.release()
+        assert res.returncode == 78
+        assert "another `dc-agent run`" in res.stderr and "Traceback" not in res.stderr
+
+    def test_unreadable_ca_cert_is_a_config_error(self, tmp_path):
+        """[agent] ca_cert that is not a PEM bundle is named in the error."""
+        import pytest
+        from nacl.signing import SigningKey
+
+        from dc_agent.client import ApiClient
+        from dc_agent.errors import ConfigFileError
+
+        bad = tmp_path / "ca.pem"
+        bad.write_text("not a certificate")
+        with pytest.raises(ConfigFileError, match="ca_cert"):
+            ApiClient("https://x", SigningKey.generate(), "ab" * 32, ca_cert=str(bad))
