@@ -30,6 +30,9 @@ DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", envvar=f"{
                                                     show_envvar=True, help=DB_HELP)]
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _env(name: str) -> dict[str, Any]:
     return {"envvar": f"{ENV_PREFIX}{name}", "show_envvar": True}
 
@@ -85,6 +88,8 @@ def serve(
     from pool_api.app import create_app
     from pool_api.settings import Settings
 
+    if log_level.lower() not in LOG_LEVELS:
+        _fail(f"--log-level: one of {', '.join(LOG_LEVELS)}")
     logs.configure(log_level)
     settings = Settings(database_url=db.normalize_url(database_url or db.default_database_url()),
                         lock_ttl_seconds=lock_ttl_seconds, lock_sweep_seconds=lock_sweep_seconds,

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-SECRET_KEYS = {"token", "signature", "x-signature", "body", "password", "root_password", "rootPassword", "secret"}
+SECRET_KEYS = {"token", "signature", "x-signature", "body", "password", "root_password", "rootpassword", "secret"}
 _TOKEN_IN_PATH = re.compile(r"apt_[^/]+")
 
 
@@ -23,7 +23,7 @@ class RedactSecrets:
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         for key in list(event):
-            if key.lower() in SECRET_KEYS or key in SECRET_KEYS:
+            if key.lower() in SECRET_KEYS:
                 event[key] = "<redacted>"
         if isinstance(event.get("path"), str):
             event["path"] = redact_path(event["path"])

@@ -86,7 +86,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def capture(message: dict[str, Any]) -> None:
             nonlocal status
@@ -96,6 +96,10 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, capture)
+        except BaseException:
+            status = status or 500  # the error handler outside answers 500
+            raise
         finally:
-            log.info("request", method=scope["method"], path=scope["path"], status=status,
+            # 499: the client went away before any response was started
+            log.info("request", method=scope["method"], path=scope["path"], status=status or 499,
                      latency_ms=round((time.perf_counter() - started) * 1000, 2))
