@@ -111,6 +111,9 @@ def loadavg() -> str:
         return "?"
 
 
+LOAD_AT_START = loadavg()
+
+
 def machine() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -436,7 +439,8 @@ def run_header(command: list[str], started: float, extra: dict[str, Any] | None 
         f"({time.monotonic() - started:.0f} s)",
         f"- Machine: {facts['cpu']}, {facts['memory']}, {facts['kernel']}; Python {facts['python']}; "
         f"{facts['postgres']}",
-        f"- Load average at the end: {loadavg()}",
+        f"- Load average (1, 5, 15 min) at the start: {LOAD_AT_START}; at the end: {loadavg()} (2 cores: above 2 "
+        "means other work competed for the CPU)",
         f"- Command: `{' '.join(shlex.quote(a) for a in command)}`",
     ]
     for key, value in (extra or {}).items():

@@ -82,6 +82,21 @@ def breakdown(fleet: h.Fleet, ids: list[str], t0_ns: int) -> dict[str, list[floa
     return stages
 
 
+def find_wall_ms(fleet: h.Fleet, runs: int = 11) -> float:
+    """Median wall time of the example's `find` run alone (a Python start-up + reading one file)."""
+    import json
+    import subprocess
+
+    argv = fleet.script_settings("probe")["find_command"]
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(argv, input=json.dumps({"contractId": "probe"}).encode(), capture_output=True, timeout=60,
+                       check=True)
+        times.append((time.perf_counter() - t) * 1000)
+    return h.median(times)
+
+
 def run_once(bench: h.Bench, fleet: h.Fleet, n_contracts: int, delay: float, mc: int) -> dict:
     for agent in fleet.agents:
         h.set_agent_options(agent, max_concurrent=mc)
@@ -134,7 +149,9 @@ def main() -> int:
             h.say(f"max_concurrent {mc}: makespan {r['makespan']:.2f} s, ideal {r['ideal']:.1f} s, "
                   f"ratio {r['ratio']:.3f}, 409s {r['conflicts']} ({r['conflicts'] / max(1, r['provisioned']):.3f}"
                   f"/contract), per agent {r['per_agent_min']}–{r['per_agent_max']}, load {h.loadavg()}")
+        find_ms = find_wall_ms(fleet)
     print()
+    h.figure("find_command_alone", round(find_ms, 1), "ms")
     table = ["| max_concurrent | makespan | ideal | ratio | 409s | 409 / contract | polls | contracts per agent | "
              "double runs |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -173,7 +190,8 @@ def main() -> int:
                   f"`examples/script-provisioner.py` sleeping {args.delay:g} s (with find), poll interval "
                   f"{args.poll_interval:g} s, lock TTL 300 s, PostgreSQL",
     }) + "\n\n" + "\n".join(table) + "\n\nWhere the time of one contract goes (medians over all contracts of the " \
-        "first run; from the agents' logs and the script's record):\n\n" + "\n".join(stage_lines)
+        "first run; from the agents' logs and the script's record):\n\n" + "\n".join(stage_lines) + \
+        f"\n\nThe example's `find` command run alone (idle pool, median of 11): {find_ms:.0f} ms."
     h.record(h.results_path(args), "makespan", "1–2. Makespan and 409s per contract", body, summary,
              h.SECTION_ORDER)
     return 0
