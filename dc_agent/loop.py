@@ -285,7 +285,9 @@ class Agent:
             interval = float(data.get("nextHeartbeatSeconds") or 30)
         except (TypeError, ValueError):
             interval = 30.0
-        return max(1.0, min(interval, 300.0))
+        interval = max(1.0, min(interval, 300.0))
+        self.state.heartbeat_interval_seconds = interval
+        return interval
 
     async def _heartbeat_loop(self) -> None:
         while True:

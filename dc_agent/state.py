@@ -37,6 +37,7 @@ class AgentState:
     started_ns: int = field(default_factory=time.time_ns)
     last_poll_ns: int | None = None
     last_heartbeat_ns: int | None = None
+    heartbeat_interval_seconds: float | None = None
     last_error: str | None = None
     draining: bool = False
     in_progress: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -58,6 +59,7 @@ class AgentState:
             "updatedNs": time.time_ns(),
             "lastPollNs": self.last_poll_ns,
             "lastHeartbeatNs": self.last_heartbeat_ns,
+            "heartbeatIntervalSeconds": self.heartbeat_interval_seconds,
             "lastError": self.last_error,
             "draining": self.draining,
             "inProgress": self.in_progress,

@@ -77,13 +77,22 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     }
     report["outboxBacklog"] = backlog
     if running_pid:
-        last_poll = state.get("lastPollNs")
-        stale_after = 3 * settings.poll_interval_seconds + 60
-        fresh = bool(last_poll) and (time.time_ns() - int(last_poll)) / 1e9 < stale_after
-        checks["polling"] = fresh
-        if not fresh:
-            problems.append(f"the running agent has not polled successfully for over {stale_after:.0f} s "
-                            f"(last: {_ago(last_poll)}; last error: {state.get('lastError') or 'none'})")
+        # Alive: the loop rewrites status.json every second. Talking to the API: a successful poll or
+        # heartbeat recently (a busy agent with every slot taken does not poll, but still heartbeats).
+        now = time.time_ns()
+        updated = state.get("updatedNs") or 0
+        last_ok = max(int(state.get("lastPollNs") or 0), int(state.get("lastHeartbeatNs") or 0))
+        interval = max(settings.poll_interval_seconds, float(state.get("heartbeatIntervalSeconds") or 30))
+        stale_after = 3 * interval + 60
+        alive = (now - int(updated)) / 1e9 < 30
+        talking = bool(last_ok) and (now - last_ok) / 1e9 < stale_after
+        checks["polling"] = alive and talking
+        if not alive:
+            problems.append(f"the agent process (pid {running_pid}) has not updated its status for "
+                            f"{_ago(updated)}: its loop may be stuck; see its log (journalctl -u dc-agent)")
+        elif not talking:
+            problems.append(f"the running agent has not reached the API for over {stale_after:.0f} s "
+                            f"(last success: {_ago(last_ok or None)}; last error: {state.get('lastError') or 'none'})")
 
     # provisioner
     try:
