@@ -35,6 +35,8 @@ def setup(conn: sa.Connection, token: str, agent_pubkey: str) -> dict[str, Any]:
                 permissions=AGENT_PERMISSIONS, created_at_ns=now,
             ))
     except sa.exc.IntegrityError:
+        if conn.execute(sa.select(d.c.agent_pubkey).where(d.c.agent_pubkey == agent_pubkey)).first() is None:
+            raise ApiError(404, "the token's pool was deleted") from None  # the pool row vanished meanwhile
         raise ApiError(409, "agentPubkey: this agent key is already registered") from None
     return {
         "agentPubkey": agent_pubkey,

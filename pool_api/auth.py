@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
 from nacl.signing import VerifyKey
 
+from dc_agent.signing import signature_message  # the one definition both sides sign and verify
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.tables import agent_delegations, providers, request_nonces
@@ -34,10 +35,6 @@ class Caller:
     pubkey: str
     provider_pubkey: str
     pool_id: str | None = None  # agents only; None = legacy agent without pool
-
-
-def signature_message(timestamp: str, nonce: str, method: str, path: str, body: bytes) -> bytes:
-    return timestamp.encode() + nonce.encode() + method.upper().encode() + path.encode() + body
 
 
 def verify_signature(pubkey_hex: str, signature_hex: str, message: bytes) -> bool:
@@ -104,9 +101,10 @@ def identify(conn: sa.Connection, role: Role, pubkey: str) -> Caller:
 
 
 def remember_nonce(conn: sa.Connection, pubkey: str, nonce: str) -> None:
-    """Store (key, nonce); a second use of the pair hits the primary key and is a replay (401)."""
+    """Store (key, nonce) in its own transaction; a second use of the pair hits the primary key and
+    is a replay (401), whichever replica saw the first."""
     try:
-        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+        with conn.begin():
             conn.execute(sa.insert(request_nonces).values(pubkey=pubkey, nonce=nonce, seen_at_ns=now_ns()))
     except sa.exc.IntegrityError:
         raise ApiError(401, "replayed request: X-Nonce already used") from None
