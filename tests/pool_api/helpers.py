@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json as jsonlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +89,18 @@ def new_agent(provider: Provider, pool_id: str, label: str | None = None, server
 
 def admin_json(server: PoolServer, *args: str) -> Any:
     return jsonlib.loads(server.admin(*args, "--json"))
+
+
+def wait_for(condition: Callable[[], Any], deadline_s: float = 30.0, every: float = 0.2) -> Any:
+    """Poll `condition` until it returns a truthy value or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(every)
 
 
 # --- direct database access (fast stand-ins for the admin CLI; the CLI itself is tested in test_flow) ---

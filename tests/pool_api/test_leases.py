@@ -9,22 +9,10 @@ import uuid
 import sqlalchemy as sa
 
 from pool_api.tables import agent_setup_tokens
-from tests.pool_api.helpers import contract, error, make_contracts, new_agent, quick_provider
+from tests.pool_api.helpers import contract, error, make_contracts, new_agent, quick_provider, wait_for
 from tests.support.provider import data
 
 TTL = 3
-
-
-def wait_for(condition, deadline_s: float = 30.0, every: float = 0.2):
-    """Poll `condition` until it returns a truthy value or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(every)
 
 
 class TestLeases:

@@ -19,7 +19,17 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from tests.pool_api.helpers import Agent, admin_json, contract, error, hexkey, make_contracts, new_agent, quick_provider
+from tests.pool_api.helpers import (
+    Agent,
+    admin_json,
+    contract,
+    error,
+    hexkey,
+    make_contracts,
+    new_agent,
+    quick_provider,
+    wait_for,
+)
 from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.provider import Provider, data
 
@@ -221,10 +231,7 @@ class TestReplicasTogether:
             cids = make_contracts(servers[0], "together", 3)
             for cid in cids:
                 data(agent.lock(cid))
-            deadline = time.monotonic() + 30
-            while any(contract(servers[0], cid)["lockAgent"] for cid in cids):
-                assert time.monotonic() < deadline, "locks not cleared by the sweeps"
-                time.sleep(0.2)
+            wait_for(lambda: not any(contract(servers[0], cid)["lockAgent"] for cid in cids))
             logs = [s.log_path.read_text() for s in servers]
             assert all("job_failed" not in log and "Traceback" not in log for log in logs), logs
             print(f"[replicas together, {db_url.split(':')[0]}] both started; 3 expired locks cleared by two sweeping replicas")
