@@ -146,6 +146,44 @@ def proc_cpu_seconds(pid: int) -> tuple[float, float]:
     return own, children
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_by_component(bench: "Bench", fleet: Fleet | None) -> dict[str, float]:
+    """CPU seconds used so far, by component, from /proc (call before and after, subtract).
+
+    agents: the `dc-agent run` processes themselves; scripts: the find/provision/list processes the
+    agents waited for (their cutime); server: `dc-pool-api serve`; postgres: the postmaster, the
+    backends it reaped and the live ones. Agents that exited (killed) are not counted.
+    """
+    out = {"agents": 0.0, "scripts": 0.0, "server": 0.0, "postgres": 0.0}
+    for agent in (fleet.agents if fleet else []):
+        if agent.proc is not None and agent.proc.poll() is None:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                own, children = proc_cpu_seconds(agent.proc.pid)
+                out["agents"] += own
+                out["scripts"] += children
+    if bench.server is not None and bench.server.proc is not None:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            out["server"] = sum(proc_cpu_seconds(bench.server.proc.pid))
+    if bench.cluster is not None:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            postmaster = int((bench.cluster.base_dir / "data" / "postmaster.pid").read_text().split()[0])
+            out["postgres"] = sum(proc_cpu_seconds(postmaster))
+            for child in _children(postmaster):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    out["postgres"] += proc_cpu_seconds(child)[0]
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
+
+
 def proc_status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):

@@ -102,10 +102,13 @@ def run_once(bench: h.Bench, fleet: h.Fleet, n_contracts: int, delay: float, mc:
         h.set_agent_options(agent, max_concurrent=mc)
     h.say(f"max_concurrent {mc}: starting {len(fleet.agents)} agents")
     bench.start(fleet)
+    cpu0 = h.cpu_by_component(bench, fleet)
     ids, t0 = bench.create_contracts(n_contracts)
     ideal = math.ceil(n_contracts / (len(fleet.agents) * mc)) * delay
     h.say(f"{n_contracts} contracts inserted; ideal makespan {ideal:.1f} s")
     bench.wait_provisioned(fleet, ids, timeout=max(120.0, ideal * 10))
+    cpu = h.cpu_delta(cpu0, h.cpu_by_component(bench, fleet))
+    wall = (time.time_ns() - t0) / 1e9
     rows = bench.rows(ids, "provisioned_at_ns", "provisioned_by", "created_at_ns")
     makespan = (max(r.provisioned_at_ns for r in rows.values()) - t0) / 1e9
     # stop them (the final status.json is written at exit) and read their own counters
@@ -123,6 +126,7 @@ def run_once(bench: h.Bench, fleet: h.Fleet, n_contracts: int, delay: float, mc:
         "polls": counters.get("polls", 0), "locks": counters.get("locks_acquired", 0),
         "doubles": sum(1 for c in ids if done[c] > 1), "per_agent_min": min(per_agent.values()),
         "per_agent_max": max(per_agent.values()), "agents_used": len(per_agent), "stages": stages,
+        "cpu": cpu, "cpu_wall": wall,
     }
 
 
@@ -174,9 +178,21 @@ def main() -> int:
         if values:
             key = name.split(" (")[0].replace(" → ", "_to_").replace(" ", "_")
             h.figure(f"stage_p50[{key}]", round(h.median(values) * 1000), "ms")
+    cpu_lines = ["| max_concurrent | CPU used while provisioning (2 cores = 2 s per s) | agents | scripts (find + "
+                 "provision) | dc-pool-api | PostgreSQL | per contract |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c, n = r["cpu"], args.contracts
+        total = sum(c.values())
+        cpu_lines.append(f"| {r['mc']} | {total:.1f} s in {r['cpu_wall']:.1f} s ({total / r['cpu_wall']:.2f} cores) | "
+                         + " | ".join(f"{c[k]:.1f} s ({1000 * c[k] / n:.0f} ms/contract)"
+                                      for k in ("agents", "scripts", "server", "postgres"))
+                         + f" | {1000 * total / n:.0f} ms |")
+        h.figure(f"cpu_per_contract_mc{r['mc']}", round(1000 * total / n), "ms")
     print("\n".join(table))
     print()
     print("\n".join(stage_lines))
+    print()
+    print("\n".join(cpu_lines))
     first = results[0]
     summary = {}
     if first["mc"] == 1:
@@ -191,7 +207,9 @@ def main() -> int:
                   f"{args.poll_interval:g} s, lock TTL 300 s, PostgreSQL",
     }) + "\n\n" + "\n".join(table) + "\n\nWhere the time of one contract goes (medians over all contracts of the " \
         "first run; from the agents' logs and the script's record):\n\n" + "\n".join(stage_lines) + \
-        f"\n\nThe example's `find` command run alone (idle pool, median of 11): {find_ms:.0f} ms."
+        f"\n\nThe example's `find` command run alone (idle pool, median of 11): {find_ms:.0f} ms.\n\n" + \
+        "CPU time by component from the insert to the last report (/proc: the agents, the scripts they " \
+        "waited for, the server, the PostgreSQL postmaster and backends):\n\n" + "\n".join(cpu_lines)
     h.record(h.results_path(args), "makespan", "1–2. Makespan and 409s per contract", body, summary,
              h.SECTION_ORDER)
     return 0
