@@ -53,3 +53,22 @@ class TestServerProcess:
         assert [p["poolId"] for p in data(provider.request("GET", "/pools"))] == [pool["poolId"]]
         assert "Application startup complete" in server.log_path.read_text()
         provider.close()
+
+    def test_serve_options_from_flags_and_environment(self, fresh_server) -> None:
+        """--lock-ttl-seconds sets the lease; DC_POOL_API_HEARTBEAT_SECONDS and DC_POOL_API_PUBLIC_URL reach
+        nextHeartbeatSeconds and the token's setupCommand."""
+        server = fresh_server(lock_ttl_seconds=42, env={"DC_POOL_API_HEARTBEAT_SECONDS": "7",
+                                                        "DC_POOL_API_PUBLIC_URL": "https://pool.example/"})
+        provider = Provider.register(server)
+        pool = provider.create_pool("opts", "mena", "script")
+        created = data(provider.request("POST", f"/pools/{pool['poolId']}/setup-tokens", {"label": "n"}))
+        assert created["setupCommand"] == f"dc-agent setup --token {created['token']} --api-url https://pool.example"
+        key, _setup = make_agent(provider, pool["poolId"])
+        provider.create_offering(f"opts-{provider.pubkey[:8]}", "AE", provisioner_type="script")
+        [cid] = provider.create_contract(f"opts-{provider.pubkey[:8]}")
+        with agent_client(server, key) as agent:
+            hb = data(agent.post(f"/providers/{provider.pubkey}/heartbeat", json={"version": "1"}))
+            assert hb["nextHeartbeatSeconds"] == 7
+            lock = data(agent.post(f"/providers/{provider.pubkey}/contracts/{cid}/lock"))
+            assert lock["expiresAtNs"] - lock["lockedAtNs"] == 42 * 10**9
+        provider.close()

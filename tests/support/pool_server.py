@@ -51,8 +51,9 @@ def _option_args(options: dict[str, Any]) -> list[str]:
 
 class PoolServer:
     def __init__(self, database_url: str, *, port: int | None = None, log_dir: Path | None = None,
-                 **serve_options: Any) -> None:
+                 env: dict[str, str] | None = None, **serve_options: Any) -> None:
         self.database_url = database_url
+        self.extra_env = dict(env or {})
         self.port = port or free_port()
         self.serve_options = serve_options
         self._own_log_dir = log_dir is None
@@ -69,8 +70,10 @@ class PoolServer:
         return f"{self.url}/api/v1"
 
     def _env(self) -> dict[str, str]:
+        """The caller's environment without inherited DC_POOL_API_* settings, plus `env=` given to us."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DC_POOL_API_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.extra_env)
         return env
 
     def start(self) -> PoolServer:
@@ -134,9 +137,11 @@ class PoolServer:
 
 
 @contextlib.contextmanager
-def running_pool_api(database_url: str, *, port: int | None = None, **serve_options: Any) -> Iterator[PoolServer]:
-    """A started `dc-pool-api serve` on `database_url`, stopped (and its temp dir removed) on exit."""
-    server = PoolServer(database_url, port=port, **serve_options)
+def running_pool_api(database_url: str, *, port: int | None = None, env: dict[str, str] | None = None,
+                     **serve_options: Any) -> Iterator[PoolServer]:
+    """A started `dc-pool-api serve` on `database_url`, stopped (and its temp dir removed) on exit.
+    `env` adds environment variables (e.g. DC_POOL_API_HEARTBEAT_SECONDS) for the serve process."""
+    server = PoolServer(database_url, port=port, env=env, **serve_options)
     try:
         server.start()
         yield server
