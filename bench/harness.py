@@ -457,7 +457,7 @@ def record(path: Path | None, key: str, title: str, body: str, summary: dict[str
         fh.write(out)
 
 
-SECTION_ORDER = ["makespan", "pickup", "pending_query", "footprint", "exactly_once"]
+SECTION_ORDER = ["makespan", "makespan_sh", "pickup", "pending_query", "footprint", "exactly_once"]
 
 
 def summary_table(data: dict[str, str]) -> str:
