@@ -10,19 +10,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
+
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "script-provisioner.py"
@@ -35,16 +37,7 @@ def dc_agent_command() -> list[str]:
     return [sys.executable, "-m", "dc_agent.cli"]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+wait_until = functools.partial(wait_until, interval=0.25)
 
 
 @dataclass

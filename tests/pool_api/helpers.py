@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from nacl.signing import SigningKey
 from dc_agent.signing import sign_headers
 from tests.support.pool_server import PoolServer
 from tests.support.provider import Provider, agent_client, data, make_agent
+from tests.support.wait import wait_until
 
 
 def hexkey(key: SigningKey) -> str:
@@ -91,16 +91,7 @@ def admin_json(server: PoolServer, *args: str) -> Any:
     return jsonlib.loads(server.admin(*args, "--json"))
 
 
-def wait_for(condition: Callable[[], Any], deadline_s: float = 30.0, every: float = 0.2) -> Any:
-    """Poll `condition` until it returns a truthy value or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(every)
+wait_for = functools.partial(wait_until, timeout=30.0, interval=0.2)
 
 
 # --- direct database access (fast stand-ins for the admin CLI; the CLI itself is tested in test_flow) ---

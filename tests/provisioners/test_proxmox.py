@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.parse
@@ -12,6 +13,7 @@ import pytest
 from provisioners import Cancelled, ConfigError, Contract, ProvisionError, load
 from provisioners.proxmox import GuestAgentTimeout, ProxmoxProvisioner
 from tests.support.fakepve_server import TEMPLATE_VMID, FakePveServer, fake, make_fake  # noqa: F401 - fixtures
+from tests.support.wait import wait_until
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG+/x9=Qk alice@laptop"
 KEY_B = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC+7/yz:w== bob@example.org"
@@ -34,13 +36,8 @@ def requests_to(fake: FakePveServer, method: str, suffix: str) -> list[tuple[str
     return [r for r in list(fake.pve.requests) if r[0] == method and r[1].endswith(suffix)]
 
 
-def wait_until(condition: Any, timeout: float = 20.0) -> None:
-    """Poll a condition (for helper threads that act at a point of the provisioning)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
+# Helper threads act at one point of the provisioning: poll finely.
+wait_until = functools.partial(wait_until, timeout=20.0, interval=0.005)
 
 
 def assert_no_secret(fake: FakePveServer, text: str) -> None:

@@ -6,16 +6,17 @@ clean-up code of the driver runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from provisioners import Contract, load
 from tests.support.fakepve_server import FakePveServer, fake, guest_interfaces, make_fake  # noqa: F401 - fixtures
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
@@ -27,12 +28,7 @@ load("proxmox", settings).provision(Contract(contract_id=cid, cpu_cores=1, memor
 """
 
 
-def wait_until(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+wait_until = functools.partial(wait_until, timeout=60.0, interval=0.01)
 
 
 def start_child(fake: FakePveServer, cid: str, **overrides: Any) -> subprocess.Popen[bytes]:

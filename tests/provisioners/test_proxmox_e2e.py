@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -34,23 +33,18 @@ except ImportError as exc:  # pragma: no cover - only while the agent or the ser
     pytest.skip(f"end-to-end proxmox tests need dc-agent run and tests/support/pool_server.py: {exc}",
                 allow_module_level=True)
 
+import functools
+
 from proxmoxer import ProxmoxAPI  # noqa: E402 - after the skip
 
 from provisioners.proxmox_guest import contract_tag  # noqa: E402
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 DEADLINE = 120.0
 
 
-def wait_until(condition: Any, timeout: float = DEADLINE, what: str = "condition", logs: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s" + (f"\n{logs()}" if logs else ""))
-        time.sleep(0.1)
+wait_until = functools.partial(wait_until, timeout=DEADLINE)
 
 
 def dc_agent_command() -> list[str]:
@@ -195,7 +189,7 @@ def check_one_vm_per_contract(server: PoolServer, pve: FakePveProcess, ids: list
                               agents: list[AgentProcess]) -> dict[str, Any]:
     logs = lambda: "\n".join(a.log()[-3000:] for a in agents)  # noqa: E731
     wait_until(lambda: {c["contractId"] for c in contracts(server) if c["status"] == "provisioned"} >= set(ids),
-               what="every contract provisioned", logs=logs)
+               what="every contract provisioned", details=logs)
     shown = {cid: json.loads(server.admin("contract", "show", cid, "--json")) for cid in ids}
     vms = our_vms(pve)
     assert len(vms) == len(ids), vms

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +16,7 @@ import pytest
 
 from provisioners.base import Cancelled, ConfigError, Contract, ProvisionError
 from provisioners.script import ScriptProvisioner
+from tests.support.wait import wait_until
 
 CONTRACT = Contract(contract_id="c-42", offering_id="off-1", requester_ssh_pubkey="ssh-ed25519 AAAA test",
                     cpu_cores=2, memory_mb=2048, storage_gb=20, provisioner_type="script",
@@ -38,14 +39,7 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(wait_until, timeout=10.0, interval=0.02)
 
 
 class TestProvision:
