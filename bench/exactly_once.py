@@ -49,6 +49,7 @@ EVENTS = {
     "provisioning failed; reported": "failures reported",
     "provisioned": "provisioned reports acknowledged",
     "terminated": "instances terminated by reconcile",
+    "reconcile: terminated, but the report failed (resent next reconcile)": "instances terminated by reconcile",
 }
 
 
@@ -77,6 +78,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     started = time.monotonic()
     kills, killed_mid_run = 0, 0
+    kill_log: list[tuple[h.AgentProc, int]] = []
     outage_at = outage_end = None
     with h.Bench("exactly-once", keep=args.keep, lock_ttl_seconds=ttl, heartbeat_seconds=5) as bench:
         assert bench.server is not None
@@ -101,8 +103,10 @@ def main() -> int:
                 busy = [a for a in fleet.agents if fleet.running_scripts(a.name)]
                 victim = rng.choice(busy or fleet.agents)
                 killed_mid_run += bool(busy)
+                kill_ns = time.time_ns()
                 victim.kill()
                 victim.start()
+                kill_log.append((victim, kill_ns))
                 kills += 1
                 next_kill = now + args.kill_every
             if "outage" in faults and outage_at is None and done >= len(ids) // 3:
@@ -134,6 +138,13 @@ def main() -> int:
         for agent in fleet.agents:
             for event in h.agent_events(agent, set(EVENTS)):
                 events[EVENTS[event["event"]]] += 1
+        # SIGKILL -> the new process logged "agent started" (after it stopped its predecessor's scripts)
+        restart_s = []
+        for victim, kill_ns in kill_log:
+            starts_after = [h.iso_ns(e["timestamp"]) for e in h.agent_events(victim, {"agent started"})
+                            if h.iso_ns(e["timestamp"]) > kill_ns]
+            if starts_after:
+                restart_s.append((min(starts_after) - kill_ns) / 1e9)
     wanted = set(ids)
     starts = Counter(c["contract"] for c in calls if c["action"] == "provision" and c["phase"] == "start")
     dones = Counter(c["contract"] for c in calls if c["action"] == "provision" and c["phase"] == "done")
@@ -154,6 +165,9 @@ def main() -> int:
     h.figure("provisioned_without_script_success", len(lost_script))
     h.figure("provisioned_without_instance", len(missing_instance))
     h.figure("kills", kills)
+    if restart_s:
+        h.figure("kill_to_restarted_p50", round(h.median(restart_s), 2), "s")
+        h.figure("kill_to_restarted_max", round(max(restart_s), 2), "s")
     h.figure("script_runs_started", sum(starts[c] for c in ids))
     h.figure("makespan", round(makespan, 1), "s")
     rows_md = [
@@ -168,6 +182,9 @@ def main() -> int:
     ]
     event_lines = ["| agent log event (all processes, all restarts) | count |", "|---|---|"]
     event_lines += [f"| {name} | {events.get(name, 0)} |" for name in dict.fromkeys(EVENTS.values())]
+    if restart_s:
+        event_lines.append(f"| SIGKILL → restarted agent logged `agent started` (orphans stopped): p50 / max | "
+                           f"{h.median(restart_s):.2f} s / {max(restart_s):.2f} s |")
     print("\n".join(rows_md))
     print("\n".join(event_lines))
     if doubles:
