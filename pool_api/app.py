@@ -15,7 +15,7 @@ from pool_api import jobs, pages
 from pool_api.db import create_engine
 from pool_api.envelope import install_error_handlers
 from pool_api.middleware import AccessLog, BodyLimit
-from pool_api.routers import agents, health, providers
+from pool_api.routers import agents, health, installer, providers
 from pool_api.settings import Settings
 
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs:
     app.state.engine = engine
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(installer.router)
     app.include_router(agents.router)
     app.include_router(providers.router)
     app.include_router(pages.router)

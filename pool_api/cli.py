@@ -79,6 +79,9 @@ def serve(
                                                    **_env("HEARTBEAT_SECONDS"))] = 30,
     public_url: Annotated[Optional[str], typer.Option(help="API URL shown in setupCommand (default: the request's base URL).",
                                                       **_env("PUBLIC_URL"))] = None,
+    installer_path: Annotated[Optional[str], typer.Option(
+        help="Installer served as GET /install.sh for the one-liner (default: systemd/install.sh of this checkout).",
+        **_env("INSTALLER_PATH"))] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", **_env("LOG_LEVEL"))] = "info",
 ) -> None:
     """Apply migrations, then serve the API (GET /api/v1/health answers 200) with the background jobs."""
@@ -94,7 +97,7 @@ def serve(
     settings = Settings(database_url=db.normalize_url(database_url or db.default_database_url()),
                         lock_ttl_seconds=lock_ttl_seconds, lock_sweep_seconds=lock_sweep_seconds,
                         token_sweep_seconds=token_sweep_seconds, heartbeat_seconds=heartbeat_seconds,
-                        public_url=public_url)
+                        public_url=public_url, installer_path=installer_path)
     engine = _engine(settings.database_url)
     uvicorn.run(create_app(settings, engine), host=host, port=port, access_log=False, log_level=log_level.lower(),
                 server_header=False, timeout_graceful_shutdown=10)

@@ -17,6 +17,7 @@ class Settings:
     token_sweep_seconds: float = 3600
     heartbeat_seconds: int = 30
     public_url: str | None = None
+    installer_path: str | None = None  # served as GET /install.sh (default: the checkout's systemd/install.sh)
     max_body_bytes: int = MAX_BODY_BYTES
     skew_seconds: int = SIGNATURE_SKEW_SECONDS
 
