@@ -20,5 +20,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> Installing the project into .venv (pip install -e .)"
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e .
+.venv/bin/pip install -q -c constraints.txt -e .
 exec .venv/bin/python examples/demo.py "$@"
