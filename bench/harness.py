@@ -160,7 +160,7 @@ def cpu_by_component(bench: "Bench", fleet: Fleet | None) -> dict[str, float]:
     agents waited for (their cutime); server: `dc-pool-api serve`; postgres: the postmaster, the
     backends it reaped and the live ones. Agents that exited (killed) are not counted.
     """
-    out = {"agents": 0.0, "scripts": 0.0, "server": 0.0, "postgres": 0.0}
+    out = {"agents": 0.0, "scripts": 0.0, "server": 0.0, "postgres": 0.0, "machine": machine_busy_seconds()}
     for agent in (fleet.agents if fleet else []):
         if agent.proc is not None and agent.proc.poll() is None:
             with contextlib.suppress(OSError, IndexError, ValueError):
@@ -178,6 +178,13 @@ def cpu_by_component(bench: "Bench", fleet: Fleet | None) -> dict[str, float]:
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     out["postgres"] += proc_cpu_seconds(child)[0]
     return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq+steal, /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
