@@ -91,7 +91,7 @@ class TestFleet:
             fleet.start_all()
             ids = fleet.provider.create_contract("off-1", N_CONTRACTS)
             victim = fleet.agents[0]
-            running = wait_until(lambda: fleet.running_scripts(victim.name), 60, "agent1 to run a script", 0.05)
+            running = wait_until(lambda: fleet.running_scripts(victim.name), 60, "agent1 to run a script", interval=0.05)
             victim.kill()
             killed_runs = {(r["contract"], r["pid"]) for r in running}
             victim.start()
@@ -116,7 +116,7 @@ class TestFleet:
         with pool_of_agents(pg_url, tmp_path, script_delay=1.0) as fleet:
             fleet.start_all()
             ids = fleet.provider.create_contract("off-1", N_CONTRACTS)
-            wait_until(lambda: len(fleet.running_scripts()) >= 4, 60, "4 scripts to run", 0.05)
+            wait_until(lambda: len(fleet.running_scripts()) >= 4, 60, "4 scripts to run", interval=0.05)
             fleet.server.stop()
             down_at = time.monotonic()
             # While it is down: the running scripts finish and their results wait in the outboxes.
@@ -124,7 +124,7 @@ class TestFleet:
                        25, "finished results to wait in the outboxes")
             backlog = sum(a.outbox_backlog() for a in fleet.agents)
             fleet.assert_alive()
-            wait_until(lambda: time.monotonic() - down_at >= 30, 40, "the 30 s outage to pass", 0.5)
+            wait_until(lambda: time.monotonic() - down_at >= 30, 40, "the 30 s outage to pass", interval=0.5)
             fleet.server.start()
             fleet.wait_provisioned(ids, timeout=180)
             wait_until(lambda: sum(a.outbox_backlog() for a in fleet.agents) == 0, 30, "the outboxes to drain")

@@ -33,7 +33,6 @@ except ImportError as exc:  # pragma: no cover - only while the agent or the ser
     pytest.skip(f"end-to-end proxmox tests need dc-agent run and tests/support/pool_server.py: {exc}",
                 allow_module_level=True)
 
-import functools
 
 from proxmoxer import ProxmoxAPI  # noqa: E402 - after the skip
 
@@ -42,9 +41,6 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 DEADLINE = 120.0
-
-
-wait_until = functools.partial(wait_until, timeout=DEADLINE)
 
 
 def dc_agent_command() -> list[str]:
@@ -189,7 +185,7 @@ def check_one_vm_per_contract(server: PoolServer, pve: FakePveProcess, ids: list
                               agents: list[AgentProcess]) -> dict[str, Any]:
     logs = lambda: "\n".join(a.log()[-3000:] for a in agents)  # noqa: E731
     wait_until(lambda: {c["contractId"] for c in contracts(server) if c["status"] == "provisioned"} >= set(ids),
-               what="every contract provisioned", details=logs)
+               timeout=DEADLINE, what="every contract provisioned", details=logs)
     shown = {cid: json.loads(server.admin("contract", "show", cid, "--json")) for cid in ids}
     vms = our_vms(pve)
     assert len(vms) == len(ids), vms
