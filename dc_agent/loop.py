@@ -429,8 +429,9 @@ class Agent:
         if job.lost:
             self.state.count("lost_leases")
             if details is not None:
-                job.log.warning("lease lost after the instance was made; removing it", external_id=details.external_id)
-                await self._terminate_quietly(job, details.external_id)
+                job.log.warning("lease lost after the instance was made; asking the server whether it stays",
+                                external_id=details.external_id)
+                await self._settle_instance(cid, details.external_id, job.log)
             else:
                 job.log.warning("lease lost; provisioning stopped and cleaned up; nothing reported")
             return
@@ -454,12 +455,21 @@ class Agent:
         await self._in_thread(self.outbox.put, entry)
         await self._deliver(entry, job.log)
 
-    async def _terminate_quietly(self, job: Job, external_id: str) -> None:
-        try:
-            await self._in_thread(self.provisioner.terminate, external_id)
-        except Exception as exc:  # noqa: BLE001
-            job.log.error("could not remove the instance; reconcile will retry", external_id=external_id,
-                          error=str(exc))
+    async def _settle_instance(self, cid: str, external_id: str, log: Any) -> None:
+        """An instance this agent made for a contract it no longer holds: the server decides its fate.
+
+        Removing it at once is not safe: in a cluster that several agents share, the agent that took the
+        contract over may have adopted this very instance through find() and reported it, and it is then
+        the contract's only instance. The server knows which instance it recorded, so the instance goes
+        through reconcile (one instance, now); if the server cannot be asked, the periodic reconcile decides.
+        """
+        answer = await self._reconcile([{"externalId": external_id, "contractId": cid}], skip=set())
+        if answer is None:
+            log.warning("could not ask the server about the instance; the next reconcile decides",
+                        external_id=external_id)
+        elif any(str(k.get("externalId")) == external_id for k in answer.get("keep") or []):
+            log.info("instance kept: the server records it for this contract, or another agent is still "
+                     "provisioning the contract", external_id=external_id)
 
     async def _renew(self, job: Job) -> None:
         """Re-lock every lock_timeout/3 while the driver works; cancel the driver if the server refuses."""
@@ -529,14 +539,11 @@ class Agent:
                     return await self._deliver_locked(entry, log, relocked=True)
             external = (entry.instance_details or {}).get("externalId")
             self.state.count("lost_leases")
-            log.warning("another agent took this contract while the report waited; removing our instance",
-                        external_id=external, error=str(exc))
-            if external:
-                try:
-                    await self._in_thread(self.provisioner.terminate, str(external))
-                except Exception as term_exc:  # noqa: BLE001
-                    log.error("could not remove the instance; reconcile will retry", error=str(term_exc))
+            log.warning("another agent took this contract while the report waited; asking the server whether "
+                        "our instance stays", external_id=external, error=str(exc))
             await self._in_thread(self.outbox.done, cid)
+            if external:
+                await self._settle_instance(cid, str(external), log)
             return True
         except (NotFound, Gone) as exc:
             log.warning("contract no longer exists on the server; result dropped (reconcile cleans up)",
@@ -592,24 +599,31 @@ class Agent:
             self.log.warning("reconcile: the driver could not list its instances", error=str(exc))
             return
         running = [{"externalId": i.external_id, "contractId": i.contract_id} for i in instances]
+        busy = set(self.jobs) | {e.contract_id for e in await self._in_thread(self.outbox.entries)}
+        await self._reconcile(running, skip=busy)
+
+    async def _reconcile(self, running: list[dict[str, Any]], *, skip: set[str]) -> dict[str, Any] | None:
+        """Ask the server which of `running` to remove and remove them (never those of contracts in `skip`,
+        which this agent is still provisioning or reporting). The server's answer, or None if it was not asked."""
         try:
             answer = await self.client.reconcile(running)
         except ApiError as exc:
             self.state.count("reconcile_errors")
             self.log.warning("reconcile failed", error=str(exc))
-            return
+            return None
         self.state.count("reconciles")
         for cid in list(self.pending_terminated):  # terminated earlier, report not yet acknowledged
             try:
                 await self.client.report_terminated(cid)
+            except (Conflict, NotFound, Gone):
+                self.pending_terminated.discard(cid)  # no longer applies
             except ApiError:
                 continue
             self.pending_terminated.discard(cid)
-        busy = set(self.jobs) | {e.contract_id for e in self.outbox.entries()}
         for item in answer.get("terminate") or []:
             external = str(item.get("externalId", ""))
             cid = item.get("contractId")
-            if not external or (cid is not None and str(cid) in busy):
+            if not external or (cid is not None and str(cid) in skip):
                 continue
             clog = self.log.bind(contract_id=cid, external_id=external)
             try:
@@ -618,20 +632,22 @@ class Agent:
                 self.state.count("reconcile_errors")
                 clog.warning("reconcile: could not terminate", error=str(exc))
                 continue
-            if cid is not None:
+            self.state.count("terminated")
+            clog.info("terminated", reason=item.get("reason"))
+            if cid is not None and item.get("reason") == "cancelled":  # the contract's instance is gone: say so
                 try:
                     await self.client.report_terminated(str(cid))
+                except (Conflict, NotFound, Gone) as exc:
+                    clog.info("reconcile: terminated report no longer applies", error=str(exc))
                 except ApiError as exc:
                     clog.warning("reconcile: terminated, but the report failed (resent next reconcile)",
                                  error=str(exc))
                     self.pending_terminated.add(str(cid))
-                    continue
-            self.state.count("terminated")
-            clog.info("terminated", reason=item.get("reason"))
         unknown = answer.get("unknown") or []
         if unknown:
             self.log.info("reconcile: instances the server does not know", count=len(unknown),
                           external_ids=[u.get("externalId") for u in unknown][:20])
+        return answer
 
     async def _reconcile_loop(self) -> None:
         interval = self.settings.reconcile_interval_seconds

@@ -1,14 +1,20 @@
 """Reconcile: which of an agent's running instances to keep, terminate, or treat as unknown.
 
+Agents of one pool often share one cluster (one agent per hypervisor, one Proxmox API), so an agent's
+list can hold instances that another agent made, adopted or is still making. The rule that keeps a
+contract's VM alive: the instance the server recorded for a provisioned contract is kept, whoever
+lists it, and an instance of a contract that is still open is kept (an attempt in progress, or one
+the next agent to take the contract adopts through find()).
+
 For each `{externalId, contractId}` the agent reports:
 - contractId null, unknown, or of another provider -> `unknown` (the server has no claim on it);
-- contract provisioned by this agent as this externalId (or with no recorded externalId) -> keep;
-- contract this agent holds the lock on (provisioning in progress) -> keep;
 - contract cancelled or terminated -> terminate, reason "cancelled" / "terminated";
-- contract provisioned by this agent as another externalId -> terminate, reason "duplicate-instance";
-- contract provisioned by another agent -> terminate, reason "provisioned-by-another-agent";
-- contract not provisioned and not locked by this agent (a failed or abandoned attempt) ->
-  terminate, reason "not-provisioned-by-this-agent".
+- contract provisioned as this externalId (whichever agent reported it) -> keep;
+- contract provisioned as another externalId -> terminate, reason "duplicate-instance";
+- contract provisioned without a recorded externalId -> keep when this agent provisioned it, else
+  terminate, reason "provisioned-by-another-agent";
+- contract accepted or provisioning (open: locked by any agent, or free for a retry) -> keep;
+- any other status (not yet payable) -> terminate, reason "contract-<status>".
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pool_api.auth import Caller
+from pool_api.contracts import PROVISIONABLE
 from pool_api.tables import contracts as c
 
 
@@ -26,15 +33,13 @@ def _decide(row: Any, me: str, external_id: str) -> str | None:
     if row.status in ("cancelled", "terminated"):
         return row.status
     if row.status == "provisioned":
-        if row.provisioned_by not in (me, None):
-            return "provisioned-by-another-agent"
         recorded = (row.instance_details or {}).get("externalId") if isinstance(row.instance_details, dict) else None
-        if recorded is not None and str(recorded) != external_id:
-            return "duplicate-instance"
+        if recorded is not None:
+            return None if str(recorded) == external_id else "duplicate-instance"
+        return None if row.provisioned_by in (me, None) else "provisioned-by-another-agent"
+    if row.status in PROVISIONABLE:
         return None
-    if row.lock_agent == me:
-        return None
-    return "not-provisioned-by-this-agent"
+    return f"contract-{row.status}"
 
 
 def reconcile(conn: sa.Connection, caller: Caller, running: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

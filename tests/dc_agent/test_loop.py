@@ -32,6 +32,8 @@ class FakeApi:
         self.report_answers: list[Any] = []
         self.provisioned: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, str] = {}
+        self.doomed: set[str] = set()  # external ids the server's reconcile says to terminate
+        self.reconciled: list[list[dict[str, Any]]] = []
 
     def _next(self, queue: list[Any]) -> None:
         if queue:
@@ -67,7 +69,11 @@ class FakeApi:
         self.failed[cid] = message
 
     async def reconcile(self, running: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"keep": running, "terminate": [], "unknown": []}
+        self.calls.append(("reconcile", ""))
+        self.reconciled.append(running)
+        return {"keep": [r for r in running if r["externalId"] not in self.doomed],
+                "terminate": [{**r, "reason": "duplicate-instance"} for r in running if r["externalId"] in self.doomed],
+                "unknown": []}
 
     async def report_terminated(self, cid: str) -> None:
         self.calls.append(("terminated", cid))
@@ -108,6 +114,15 @@ class Driver:
 
     def health(self) -> Health:
         return Health(ok=True, detail="ok")
+
+
+class Stubborn(Driver):
+    """A driver past the point of no return: it ignores cancel and finishes its instance."""
+
+    def provision(self, contract: Contract, cancel: threading.Event) -> InstanceDetails:
+        cancel.wait(self.hold)
+        self.provisioned.append(contract.contract_id)
+        return InstanceDetails(external_id=f"vm-{contract.contract_id}", provisioner="script")
 
 
 def make_agent(tmp_path: Path, api: FakeApi, driver: Driver, **overrides: Any) -> Agent:
@@ -171,16 +186,45 @@ class TestReporting:
         assert api.count("provisioned", "c1") == 2 and "c1" in api.provisioned
         assert len(agent.outbox) == 0
 
-    def test_a_result_whose_contract_another_agent_took_is_removed(self, tmp_path):
-        """403 on report and 409 on re-lock: remove our instance, forget the result."""
+    def test_a_result_whose_contract_another_agent_took_is_removed_when_the_server_says_so(self, tmp_path):
+        """403 on report and 409 on re-lock: the server (reconcile) says our instance is a duplicate: remove it."""
+        api = FakeApi(["c1"])
+        api.report_answers = [errors.Forbidden("POST provisioned", 403, "not the lock holder")]
+        api.lock_answers["c1"] = ["ok", errors.Conflict("POST lock", 409, "held")]
+        api.doomed = {"vm-c1"}
+        driver = Driver()
+        agent = make_agent(tmp_path, api, driver, max_concurrent=1)
+        run_once(agent)
+        assert api.reconciled == [[{"externalId": "vm-c1", "contractId": "c1"}]]
+        assert driver.terminated == ["vm-c1"]
+        assert "c1" not in api.provisioned and len(agent.outbox) == 0
+
+    def test_an_instance_another_agent_adopted_is_never_removed(self, tmp_path):
+        """403 on report and 409 on re-lock, but the agent that took over adopted this very instance (a shared
+        cluster) and the server keeps it: removing it would leave the contract without its VM."""
         api = FakeApi(["c1"])
         api.report_answers = [errors.Forbidden("POST provisioned", 403, "not the lock holder")]
         api.lock_answers["c1"] = ["ok", errors.Conflict("POST lock", 409, "held")]
         driver = Driver()
         agent = make_agent(tmp_path, api, driver, max_concurrent=1)
         run_once(agent)
-        assert driver.terminated == ["vm-c1"]
-        assert "c1" not in api.provisioned and len(agent.outbox) == 0
+        assert api.count("reconcile") == 1
+        assert driver.terminated == []
+        assert len(agent.outbox) == 0 and agent.state.counters["lost_leases"] == 1
+
+    def test_a_lease_lost_after_the_instance_was_made_asks_the_server(self, tmp_path):
+        """Renewal refused while a driver that cannot stop finishes anyway: nothing is reported, and the
+        instance goes only if the server's reconcile says so."""
+        api = FakeApi(["c1", "c2"])
+        for cid in ("c1", "c2"):
+            api.lock_answers[cid] = ["ok", errors.Conflict("POST lock", 409, "held by another agent")]
+        api.doomed = {"vm-c1"}
+        agent = make_agent(tmp_path, api, Stubborn(hold=0.5), max_concurrent=2)
+        run_once(agent)
+        assert api.count("provisioned") == 0 and api.count("failed") == 0
+        assert sorted(r[0]["contractId"] for r in api.reconciled) == ["c1", "c2"]
+        assert agent.provisioner.terminated == ["vm-c1"]  # c2's instance is kept: the server records it
+        assert agent.state.counters["lost_leases"] == 2
 
     def test_unacknowledged_result_survives_a_restart_and_is_not_provisioned_twice(self, tmp_path):
         """API down at report time: the result stays on disk; the next agent process sends it."""

@@ -348,28 +348,41 @@ class TestProvisioning:
         assert "errorMessage" in error(a.call("POST", f"/contracts/{cid}/failed", {"errorMessage": 5}), 422)
 
     def test_reconcile_and_terminated(self, server: PoolServer, world) -> None:
-        """Reconcile keeps own instances, terminates cancelled/orphaned ones, reports unknown ones."""
+        """Reconcile keeps each contract's recorded instance and open attempts, terminates cancelled and
+        duplicate instances, and reports unknown ones."""
         provider, a, b, _ = world
-        kept, cancelled, orphan, mine_locked = make_contracts(provider.server, provider.de, 4)
+        kept, cancelled, orphan, mine_locked, b_locked, free = make_contracts(provider.server, provider.de, 6)
+        [requested] = make_contracts(provider.server, provider.de, 1, status="requested")
         for cid in (kept, cancelled):
             data(a.lock(cid))
             data(a.provisioned(cid, {"externalId": f"vm-{cid}"}))
         data(b.lock(orphan))
         data(b.provisioned(orphan, {"externalId": "b-vm"}))
         data(a.lock(mine_locked))
+        data(b.lock(b_locked))
         server.admin("contract", "cancel", cancelled)
         running = [{"externalId": f"vm-{kept}", "contractId": kept},
                    {"externalId": f"vm-{cancelled}", "contractId": cancelled},
                    {"externalId": "dup", "contractId": kept},
                    {"externalId": "a-orphan", "contractId": orphan},
+                   {"externalId": "b-vm", "contractId": orphan},
                    {"externalId": "in-progress", "contractId": mine_locked},
+                   {"externalId": "b-making", "contractId": b_locked},
+                   {"externalId": "abandoned", "contractId": free},
+                   {"externalId": "too-early", "contractId": requested},
                    {"externalId": "stray", "contractId": None},
                    {"externalId": "ghost", "contractId": "no-such-contract"}]
         out = data(a.call("POST", "/reconcile", {"runningInstances": running}))
+        # b-vm is the instance the server recorded for `orphan` (b reported it; a sees it in a shared
+        # cluster): it stays. b-making is b's attempt in progress, abandoned one the next taker adopts.
         assert out["keep"] == [{"externalId": f"vm-{kept}", "contractId": kept},
-                               {"externalId": "in-progress", "contractId": mine_locked}]
+                               {"externalId": "b-vm", "contractId": orphan},
+                               {"externalId": "in-progress", "contractId": mine_locked},
+                               {"externalId": "b-making", "contractId": b_locked},
+                               {"externalId": "abandoned", "contractId": free}]
         assert {(t["externalId"], t["reason"]) for t in out["terminate"]} == {
-            (f"vm-{cancelled}", "cancelled"), ("dup", "duplicate-instance"), ("a-orphan", "provisioned-by-another-agent")}
+            (f"vm-{cancelled}", "cancelled"), ("dup", "duplicate-instance"), ("a-orphan", "duplicate-instance"),
+            ("too-early", "contract-requested")}
         assert [u["externalId"] for u in out["unknown"]] == ["stray", "ghost"]
         assert "cancelled" in error(a.call("PUT", f"/contracts/{kept}/terminated"), 409)
         done = data(a.call("PUT", f"/contracts/{cancelled}/terminated"))
