@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pool_api import jobs, pages
 from pool_api.db import create_engine
 from pool_api.envelope import install_error_handlers
-from pool_api.middleware import AccessLog, BodyLimit
+from pool_api.middleware import AccessLog, BodyLimit, JsonByDefault
 from pool_api.routers import agents, health, installer, providers
 from pool_api.settings import Settings
 
@@ -35,7 +35,8 @@ def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs:
                     await task
             engine.dispose()
 
-    app = FastAPI(title="dc-agent pool_api", version="0.1.0", lifespan=lifespan)
+    # No slash redirects: a 307 has no envelope, and following it would change the signed PATH.
+    app = FastAPI(title="dc-agent pool_api", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.engine = engine
     install_error_handlers(app)
@@ -44,6 +45,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs:
     app.include_router(agents.router)
     app.include_router(providers.router)
     app.include_router(pages.router)
+    app.add_middleware(JsonByDefault)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     return app

@@ -1,4 +1,5 @@
-"""ASGI middleware: the 1 MiB body limit (413) and the one-line-per-request access log."""
+"""ASGI middleware: the 1 MiB body limit (413), JSON as the API's default body type, and the
+one-line-per-request access log."""
 
 from __future__ import annotations
 
@@ -73,6 +74,26 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class JsonByDefault:
+    """API bodies are JSON (PROTOCOL.md): a request to /api/ without a (or with an empty) Content-Type is
+    read as JSON.
+
+    A client signs the exact raw body and may send it as plain bytes without the header; without this
+    the body would not be parsed and the request refused as if its fields were missing.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith("/api/"):
+            headers = scope.get("headers", [])
+            if not any(name == b"content-type" and value.strip() for name, value in headers):
+                kept = [(name, value) for name, value in headers if name != b"content-type"]
+                scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class AccessLog:

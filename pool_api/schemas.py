@@ -3,6 +3,7 @@ that it cannot hold: huge numbers, unknown enum values and wrong types are 422 n
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,13 +73,47 @@ class OfferingCreate(OfferingFields):
 
 class HeartbeatRequest(Body):
     version: str = Field(max_length=64)
-    provisioner_type: str | None = Field(default=None, max_length=16)
+    provisioner_type: ProvisionerType | None = None
     active_contracts: int = Field(default=0, ge=0, le=MAX_INT32)
     capacity: dict[str, Any] | None = None
 
 
+class InstanceDetails(Body):
+    """PROTOCOL.md "Instance details". A report marks the contract provisioned for good, so a malformed
+    one is refused (422) rather than stored where the agent's real report could no longer replace it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=256)
+    ip_address: str | None = Field(default=None, max_length=64)
+    ipv6_address: str | None = Field(default=None, max_length=64)
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    root_password: str | None = Field(default=None, max_length=1024)
+    provisioner: str | None = Field(default=None, max_length=64)
+    node: str | None = Field(default=None, max_length=256)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # ValueError names the field via pydantic
+        return value
+
+    @field_validator("ipv6_address")
+    @classmethod
+    def _ipv6(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.IPv6Address(value)
+        return value
+
+    def stored(self) -> dict[str, Any]:
+        """The camelCase form kept with the contract: exactly the fields the agent sent."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+
 class ProvisionedRequest(Body):
-    instance_details: dict[str, Any]
+    instance_details: InstanceDetails
 
 
 class FailedRequest(Body):

@@ -49,7 +49,7 @@ def unlock(pubkey: str, contract_id: ContractId, caller: AgentDep, engine: Engin
 @router.post("/providers/{pubkey}/contracts/{contract_id}/provisioned")
 def provisioned(pubkey: str, contract_id: ContractId, body: ProvisionedRequest, caller: AgentDep, engine: EngineDep):
     with engine.begin() as conn:
-        return ok(locks.provisioned(conn, caller, contract_id, body.instance_details))
+        return ok(locks.provisioned(conn, caller, contract_id, body.instance_details.stored()))
 
 
 @router.post("/providers/{pubkey}/contracts/{contract_id}/failed")

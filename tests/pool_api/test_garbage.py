@@ -10,6 +10,7 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
+from dc_agent.signing import sign_headers
 from tests.pool_api.helpers import error, new_agent, signed_request
 from tests.support.pool_server import PoolServer
 from tests.support.provider import Provider, data
@@ -148,3 +149,51 @@ class TestRequestLog:
         assert line["method"] == "GET" and line["status"] == 404 and isinstance(line["latency_ms"], float)
         assert any(entry["path"].endswith("/setup-tokens/apt_<redacted>") and entry["status"] == 200 for entry in lines)
         assert token not in log and token.rsplit("_", 1)[1] not in log and signature not in log
+
+
+class TestReportsAndRequestShape:
+    @pytest.mark.parametrize("details,field", [
+        ({}, "externalId"), ({"externalId": ""}, "externalId"), ({"externalId": 5}, "externalId"),
+        ({"externalId": "a", "sshPort": "x"}, "sshPort"), ({"externalId": "a", "sshPort": 10**30}, "sshPort"),
+        ({"externalId": "a", "sshPort": 0}, "sshPort"), ({"externalId": "a", "extra": "notobject"}, "extra"),
+        ({"externalId": "a", "ipAddress": "not-an-ip"}, "ipAddress"),
+        ({"externalId": "a", "ipv6Address": "192.0.2.1"}, "ipv6Address"),
+        ({"externalId": "a", "surprise": 1}, "surprise"),
+    ])
+    def test_malformed_instance_details_never_mark_a_contract_provisioned(self, server: PoolServer, provider: Provider,
+                                                                          agent, details: dict, field: str) -> None:
+        """A bad report is 422 naming the field, and the contract stays open for the agent's real report."""
+        offering = f"g-{uuid.uuid4().hex[:8]}"
+        provider.create_offering(offering, "DE")
+        [cid] = provider.create_contract(offering, 1)
+        data(agent.lock(cid))
+        bad = agent.call("POST", f"/contracts/{cid}/provisioned", {"instanceDetails": details})
+        assert field in assert_envelope_4xx(bad, 422)
+        good = {"externalId": "pve/101", "ipAddress": "192.0.2.7", "ipv6Address": "2001:db8::7", "sshPort": 22,
+                "provisioner": "proxmox", "node": "pve", "extra": {}}
+        assert data(agent.provisioned(cid, good))["status"] == "provisioned"
+        assert data(agent.provisioned(cid, good))["repeated"] is True
+
+    def test_heartbeat_with_an_unknown_provisioner_type_is_422(self, server: PoolServer, agent) -> None:
+        """provisionerType is one of proxmox, script, manual."""
+        r = agent.call("POST", "/heartbeat", {"version": "1", "provisionerType": "docker", "activeContracts": 0})
+        assert "provisionerType" in assert_envelope_4xx(r, 422)
+
+    def test_a_trailing_slash_is_an_envelope_not_a_redirect(self, server: PoolServer, provider: Provider) -> None:
+        """No 307 without a body (following it would change the signed PATH): a 404 in the envelope."""
+        r = provider.client.get(f"/providers/{provider.pubkey}/pools/")
+        assert_envelope_4xx(r, 404)
+
+    def test_a_json_body_without_content_type_is_read_as_json(self, server: PoolServer, agent) -> None:
+        """PROTOCOL's bodies are JSON: a client that signs raw bytes and sends no Content-Type is understood."""
+        path = f"/providers/{agent.provider.pubkey}/heartbeat"
+        raw = json.dumps({"version": "1", "provisionerType": "proxmox", "activeContracts": 0}).encode()
+        r = signed_request(server, "POST", path, raw, key=agent.key, extra_headers={"content-type": ""})
+        assert r.status_code == 200, r.text
+        bare = httpx.Request("POST", f"{server.url}/api/v1{path}", content=raw)
+        bare.headers.pop("content-type", None)  # httpx adds none for bytes; make sure
+        bare.headers.update(sign_headers(agent.key, "agent", "POST", f"/api/v1{path}", raw))
+        with httpx.Client(timeout=30) as client:
+            r = client.send(bare)
+        assert r.status_code == 200, r.text
+        assert data(r)["acknowledged"] is True
