@@ -40,12 +40,17 @@ EVENTS = {
         "orphan runs stopped at restart",
     "adopted an instance made before a restart": "adopted (find) instead of provisioning",
     "lease refused by the server; stopping this contract": "lease refused while provisioning",
-    "lease lost after the instance was made; removing it": "lease lost after the instance was made (removed)",
+    "lease lost after the instance was made; asking the server whether it stays":
+        "lease lost after the instance was made (server decides)",
+    "lease expired without a successful renewal; stopping this contract, another agent may take it now":
+        "lease expired while renewals failed, run stopped",
     "lease lost; provisioning stopped and cleaned up; nothing reported": "lease lost, run stopped",
-    "another agent took this contract while the report waited; removing our instance":
-        "report too late: another agent had it (instance removed)",
+    "another agent took this contract while the report waited; asking the server whether our instance stays":
+        "report too late: another agent had it (server decides)",
+    "instance kept: the server records it for this contract, or another agent is still provisioning the contract":
+        "late instance kept (recorded for the contract, or contract still open)",
     "report not delivered; kept in the outbox and resent": "reports kept in the outbox for a resend",
-    "lease renewal failed; still ours until the server says otherwise": "renewals failed on the network",
+    "lease renewal failed; still ours until the lease expires": "renewals failed on the network",
     "provisioning failed; reported": "failures reported",
     "provisioned": "provisioned reports acknowledged",
     "terminated": "instances terminated by reconcile",
@@ -156,7 +161,7 @@ def main() -> int:
     lost_script = [c for c in provisioned if dones[c] == 0]
     missing_instance = [c for c in provisioned if c not in instance_files]
     wrong_details = [c for c in provisioned
-                     if (rows[c].instance_details or {}).get("externalId") != f"demo-{c}"]
+                     if not (rows[c].instance_details or {}).get("externalId", "").startswith(f"demo-{c}@")]
     assert all(c in wanted for c in instance_files), "instance files of unknown contracts"
     print()
     h.figure("double_provisions", len(doubles))

@@ -40,7 +40,9 @@ def configure(level: str = "info", *, json_output: bool | None = None, stream: A
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info if json_output else structlog.dev.set_exc_info,
+        # Plain tracebacks, formatted before Redact sees them: a rich traceback would print the locals
+        # of every frame (a script's environment with its secrets) after redaction.
+        structlog.processors.format_exc_info,
         Redact(),
     ]
     if json_output:

@@ -53,6 +53,7 @@ from dc_agent.state import AgentState
 from provisioners.base import Cancelled, Contract, InstanceDetails, ProvisionError, Provisioner
 
 LEASE_REFUSED = (Conflict, Forbidden, NotFound, Gone)
+FINAL_FLUSH_SECONDS = 10.0  # last resend of waiting results before exit; keeps a stop within TimeoutStopSec
 TRANSIENT = (Unreachable, ServerError, Unauthorized)
 
 
@@ -224,12 +225,26 @@ class Agent:
         assert self._wake is not None and self._stop is not None
         while not self.stopping:
             self._wake.clear()
-            await self.poll_once()
+            await self._until_stopped(self.poll_once())
             self._save_state()
             interval = self.settings.poll_interval_seconds
             timeout = interval * random.uniform(0.9, 1.1)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _until_stopped(self, work: Any) -> None:
+        """Run `work` unless a stop request comes first: then it is cancelled (a poll in flight must not
+        hold up a stop; a lock it may have taken lapses by itself)."""
+        assert self._stop is not None
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, stop, return_exceptions=True)
 
     async def _drain(self) -> None:
         assert self._force is not None
@@ -255,7 +270,8 @@ class Agent:
                 self.log.error("some drivers did not stop in time; exiting anyway", contracts=[
                     j.contract.contract_id for j in remaining if j.task in pending])
         if not self.forced and len(self.outbox):
-            await self._flush_outbox()
+            with contextlib.suppress(asyncio.TimeoutError):  # the rest stays on disk for the next start
+                await asyncio.wait_for(self._flush_outbox(), timeout=FINAL_FLUSH_SECONDS)
 
     # -- heartbeat ------------------------------------------------------------------------------------
 
@@ -291,7 +307,11 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            interval = await self._heartbeat_once()
+            try:
+                interval = await self._heartbeat_once()
+            except Exception:  # noqa: BLE001 - heartbeats go on until exit, whatever happened
+                self.log.exception("heartbeat failed unexpectedly")
+                interval = 10.0
             sd = _sd()
             if sd:
                 sd.notify_status(self._status_line())
@@ -452,7 +472,12 @@ class Agent:
         else:
             entry = Entry(contract_id=cid, kind="failed", error_message=(error or "unknown error")[:2000])
         job.phase = "reporting"
-        await self._in_thread(self.outbox.put, entry)
+        try:
+            await self._in_thread(self.outbox.put, entry)
+        except OSError as exc:  # disk full or read-only: the result is not durable, report it at once anyway
+            job.log.error("could not write the result to the outbox; reporting it without a durable copy",
+                          error=str(exc))
+            self.state.count("outbox_write_errors")
         await self._deliver(entry, job.log)
 
     async def _settle_instance(self, cid: str, external_id: str, log: Any) -> None:
@@ -471,11 +496,16 @@ class Agent:
             log.info("instance kept: the server records it for this contract, or another agent is still "
                      "provisioning the contract", external_id=external_id)
 
+    def _renew_delay(self, job: Job) -> float:
+        """Every lock_timeout/3, or sooner when the server's lease is shorter than the configured one."""
+        left = job.lease_expires - time.monotonic()
+        return max(0.1, min(self.settings.renew_interval_seconds, left / 3))
+
     async def _renew(self, job: Job) -> None:
-        """Re-lock every lock_timeout/3 while the driver works; cancel the driver if the server refuses."""
+        """Re-lock while the driver works; stop the driver when the server refuses, or when the lease ran
+        out without a successful renewal (another agent may take the contract from then on)."""
         cid = job.contract.contract_id
-        interval = self.settings.renew_interval_seconds
-        delay = interval
+        delay = self._renew_delay(job)
         while True:
             await asyncio.sleep(delay)
             sent = time.monotonic()
@@ -489,13 +519,19 @@ class Agent:
             except ApiError as exc:
                 self.state.count("renewal_errors")
                 left = job.lease_expires - time.monotonic()
-                job.log.warning("lease renewal failed; still ours until the server says otherwise",
+                if left <= 0:
+                    job.lost = True
+                    job.cancel.set()
+                    job.log.warning("lease expired without a successful renewal; stopping this contract, "
+                                    "another agent may take it now", error=str(exc))
+                    return
+                job.log.warning("lease renewal failed; still ours until the lease expires",
                                 error=str(exc), lease_seconds_left=round(left, 1))
-                delay = max(0.5, min(interval / 2, 5.0))
+                delay = max(0.1, min(self.settings.renew_interval_seconds / 2, 5.0, left / 2))
                 continue
             self.state.count("renewals")
             job.lease_expires = sent + self._lease_seconds(lock, sent)
-            delay = interval
+            delay = self._renew_delay(job)
 
     # -- reporting ------------------------------------------------------------------------------------------
 
@@ -586,7 +622,11 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox_wake.wait(), timeout=delay)
             self._outbox_wake.clear()
-            left = await self._flush_outbox()
+            try:
+                left = await self._flush_outbox()
+            except Exception:  # noqa: BLE001 - a bad pass must not end resending for good
+                self.log.exception("outbox pass failed; trying again")
+                left = 1
             delay = 2.0 if left == 0 else min(delay * 2, 10.0)
 
     # -- reconcile -------------------------------------------------------------------------------------------
@@ -653,5 +693,9 @@ class Agent:
         interval = self.settings.reconcile_interval_seconds
         await asyncio.sleep(min(30.0, interval) * random.uniform(0.5, 1.0))
         while True:
-            await self.reconcile_once()
+            try:
+                await self.reconcile_once()
+            except Exception:  # noqa: BLE001 - try again at the next interval
+                self.state.count("reconcile_errors")
+                self.log.exception("reconcile pass failed")
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))

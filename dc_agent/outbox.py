@@ -7,6 +7,7 @@ API outage or a restart the loop resends every entry still there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -72,11 +73,17 @@ class Outbox:
     @staticmethod
     def _read(path: Path) -> Entry | None:
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+            raw = path.read_text()
+        except OSError:
+            return None  # gone (delivered meanwhile), or unreadable for now: the next pass tries again
+        try:
+            data = json.loads(raw)
+            entry = Entry(**{k: v for k, v in data.items() if k in Entry.__dataclass_fields__})
+            if not isinstance(entry.contract_id, str) or entry.kind not in ("provisioned", "failed"):
+                raise ValueError("not an outbox entry")
+        except Exception:  # noqa: BLE001 - any other shape is not ours to send: set it aside for a person
+            # A torn file cannot exist (atomic rename), so this is damage or a stray file.
+            with contextlib.suppress(OSError):
+                path.rename(path.with_suffix(".corrupt"))
             return None
-        except (ValueError, OSError):
-            # A torn file cannot exist (atomic rename); anything else unreadable is kept aside for a person.
-            path.rename(path.with_suffix(".corrupt"))
-            return None
-        return Entry(**{k: v for k, v in data.items() if k in Entry.__dataclass_fields__})
+        return entry

@@ -9,6 +9,7 @@ MASK = "***"
 _SECRET_WORDS = ("secret", "password", "passwd", "token", "private", "passphrase", "signature",
                  "credential", "apikey", "api_key", "authorization", "seed")
 _PUBLIC_SUFFIXES = ("_id", "pubkey", "public_key", "_path", "_ns", "_type")
+_ENV_KEYS = ("env", "environment")
 _SETUP_TOKEN = re.compile(r"\bapt_[A-Za-z0-9]+_[A-Za-z0-9_-]{6,}")
 _PVE_TOKEN = re.compile(r"(PVEAPIToken=[^=\s]+=)[0-9a-fA-F-]{8,}")
 
@@ -41,7 +42,9 @@ def redact_value(value: Any) -> Any:
 def redact_mapping(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if is_secret_key(str(key)) and value not in (None, "", {}) and not isinstance(value, (bool, int, float)):
+        if str(key).lower() in _ENV_KEYS and isinstance(value, dict):
+            out[key] = {name: MASK for name in value}  # an environment is where scripts' secrets live
+        elif is_secret_key(str(key)) and value not in (None, "", {}) and not isinstance(value, (bool, int, float)):
             out[key] = MASK
         else:
             out[key] = redact_value(value)

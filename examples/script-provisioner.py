@@ -69,13 +69,16 @@ def provision(args: argparse.Namespace) -> int:
             print(f"example failure #{n}: no capacity left on this (pretend) node", file=sys.stderr)
             return 3
     digest = hashlib.sha256(cid.encode()).digest()
+    node = os.environ.get("AGENT_NAME") or os.uname().nodename
     details = {
-        "externalId": f"demo-{cid}",
+        # unique per instance, not per contract: reconcile tells a contract's recorded instance from a
+        # second one by this id, so two hypervisors must never report the same id for different machines
+        "externalId": f"demo-{cid}@{node}",
         "ipAddress": f"192.0.2.{1 + digest[0] % 254}",
         "ipv6Address": f"2001:db8::{digest[1]:x}{digest[2]:02x}",
         "sshPort": 22,
         "provisioner": "script",
-        "node": os.environ.get("AGENT_NAME") or os.uname().nodename,
+        "node": node,
         "extra": {"cpuCores": contract.get("cpuCores"), "memoryMb": contract.get("memoryMb")},
     }
     path = instance_path(args.dir, cid)

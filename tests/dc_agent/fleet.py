@@ -222,7 +222,7 @@ class Fleet:
         for agent in self.agents:
             counters.update(agent.counters())
         provisioned_db = [c for c in ids if rows[c]["status"] == "provisioned"]
-        details_ok = [c for c in provisioned_db if (rows[c].get("instanceDetails") or {}).get("externalId") == f"demo-{c}"]
+        details_ok = [c for c in provisioned_db if (rows[c].get("instanceDetails") or {}).get("externalId", "").startswith(f"demo-{c}@")]
         return {
             "agents": len(self.agents),
             "contracts": len(ids),

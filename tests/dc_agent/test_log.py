@@ -37,3 +37,34 @@ class TestRedaction:
             assert not is_secret_key(name), name
         for name in ("token", "api_token_secret", "rootPassword", "private_key", "signature", "X-Signature"):
             assert is_secret_key(name), name
+
+
+class TestTracebacks:
+    def test_console_tracebacks_never_show_local_variables(self):
+        """A driver error logged on a terminal must not print the locals of its frames (a script's
+        environment with secrets in it): plain tracebacks, masked like every other value."""
+        out = io.StringIO()
+        log.configure("debug", json_output=False, stream=out)
+
+        def spawn(env: dict) -> None:
+            raise ValueError("embedded null byte")
+
+        secret = "-".join(("5f1c2d3e", "aaaa", "bbbb"))  # not in any source line the traceback quotes
+        try:
+            spawn({"PVE_API_TOKEN_SECRET": secret})
+        except ValueError:
+            log.get().exception("driver raised an unexpected error")
+        text = out.getvalue()
+        assert "embedded null byte" in text and "Traceback" in text
+        assert "5f1c2d3e" not in text
+
+
+class TestStatusView:
+    def test_every_value_of_a_script_environment_is_masked(self):
+        """[provisioner.script] env may hold any secret under any name: status shows the names only."""
+        from dc_agent.redact import redact_mapping
+
+        shown = redact_mapping({"command": ["/usr/local/bin/provision"],
+                                "env": {"HCLOUD_KEY": "hk-very-private-123", "DB_PASS": "hunter2", "REGION": "eu"}})
+        assert shown["env"] == {"HCLOUD_KEY": "***", "DB_PASS": "***", "REGION": "***"}
+        assert shown["command"] == ["/usr/local/bin/provision"]

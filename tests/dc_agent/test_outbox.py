@@ -32,3 +32,15 @@ class TestOutbox:
         (tmp_path / "outbox" / "junk.json").write_text("{not json")
         assert box.entries() == []
         assert (tmp_path / "outbox" / "junk.corrupt").exists()
+
+    def test_entries_of_the_wrong_shape_are_set_aside_and_the_rest_still_sent(self, tmp_path):
+        """Valid JSON that is not an entry (a stray or damaged file) never stops the others from going out."""
+        box = Outbox(tmp_path)
+        box.put(Entry(contract_id="good", kind="provisioned", instance_details={"externalId": "vm-1"}))
+        for name, text in (("a.json", '{"contract_id": "zzz"}'), ("b.json", "[]"), ("c.json", '"x"'),
+                           ("d.json", '{"contract_id": 5, "kind": "provisioned"}'),
+                           ("e.json", '{"contract_id": "y", "kind": "exploded"}')):
+            (tmp_path / "outbox" / name).write_text(text)
+        assert [e.contract_id for e in box.entries()] == ["good"]
+        assert sorted(p.name for p in (tmp_path / "outbox").glob("*.corrupt")) == [
+            "a.corrupt", "b.corrupt", "c.corrupt", "d.corrupt", "e.corrupt"]
