@@ -30,6 +30,7 @@ Every command also gets `DC_AGENT_ACTION` (provision, find, list, terminate), `D
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,7 @@ from provisioners.base import (
 KNOWN_KEYS = {"command", "timeout_seconds", "terminate_command", "list_command", "find_command",
               "query_timeout_seconds", "kill_grace_seconds", "env", "state_dir"}
 STDERR_TAIL_LINES = 10
+PIPE_GRACE_SECONDS = 2.0  # after the command exits, how long its background children may hold its output
 _NEVER = threading.Event()
 
 
@@ -197,13 +199,24 @@ class ScriptProvisioner:
         stdin = json.dumps(payload).encode()
         deadline = time.monotonic() + timeout
         first = True
+        exited_at: float | None = None
         try:
             while True:
                 try:
                     out, err = proc.communicate(input=stdin if first else None, timeout=0.2)
                     break
-                except subprocess.TimeoutExpired:
+                except subprocess.TimeoutExpired as exc:
                     first = False
+                    if proc.poll() is not None:
+                        exited_at = exited_at or time.monotonic()
+                        if time.monotonic() - exited_at >= PIPE_GRACE_SECONDS:
+                            # The command exited, but something it started in the background still holds
+                            # its stdout/stderr open: take what it printed and stop reading.
+                            out, err = exc.output or b"", exc.stderr or b""
+                            for pipe in (proc.stdout, proc.stderr):
+                                with contextlib.suppress(OSError):
+                                    pipe.close()  # type: ignore[union-attr]
+                            break
                 if cancel.is_set():
                     self._stop(proc)
                     raise Cancelled(f"{action} of {what} cancelled; its process group was killed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,6 +44,23 @@ wait_for = functools.partial(wait_until, timeout=10.0, interval=0.02)
 
 
 class TestProvision:
+    def test_a_background_child_holding_stdout_does_not_fail_a_finished_script(self, tmp_path):
+        """The script printed its JSON and exited 0, leaving a background process with its stdout open
+        (a console proxy, say): the result counts; the driver does not wait for the child or time out."""
+        cmd = script(tmp_path, "prov.sh", f"""
+            cat >/dev/null
+            sleep 30 &
+            echo $! > {tmp_path}/child.pid
+            echo '{{"externalId": "vm-bg", "ipAddress": "192.0.2.9"}}'
+            exit 0
+        """)
+        started = time.monotonic()
+        details = ScriptProvisioner({"command": [cmd], "timeout_seconds": 20}).provision(CONTRACT, threading.Event())
+        assert details.external_id == "vm-bg" and details.ip_address == "192.0.2.9"
+        assert time.monotonic() - started < 15
+        child = int((tmp_path / "child.pid").read_text())
+        os.kill(child, signal.SIGKILL)
+
     def test_contract_json_on_stdin_and_details_from_stdout(self, tmp_path):
         """The script reads the contract as JSON on stdin; its stdout JSON becomes the instance details."""
         cmd = script(tmp_path, "prov.sh", f"""
