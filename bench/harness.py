@@ -484,8 +484,8 @@ def run_header(command: list[str], started: float, extra: dict[str, Any] | None 
         f"({time.monotonic() - started:.0f} s)",
         f"- Machine: {facts['cpu']}, {facts['memory']}, {facts['kernel']}; Python {facts['python']}; "
         f"{facts['postgres']}",
-        f"- Load average (1, 5, 15 min) at the start: {LOAD_AT_START}; at the end: {loadavg()} (2 cores: above 2 "
-        "means other work competed for the CPU)",
+        f"- Load average (1, 5, 15 min) at the start: {LOAD_AT_START}; at the end: {loadavg()} (the "
+        "benchmark's own processes count; a start above the core count means other work was running)",
         f"- Command: `{' '.join(shlex.quote(a) for a in command)}`",
     ]
     for key, value in (extra or {}).items():
