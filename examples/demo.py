@@ -138,11 +138,6 @@ def main() -> int:
             agents.append((name, config))
         print(f"    configured [provisioner.script] with {EXAMPLE_SCRIPT.relative_to(REPO)} in both configs")
 
-        say(f"dc-agent status --config {agents[0][1]}")
-        status = subprocess.run([str(BIN / "dc-agent"), "status", "--config", str(agents[0][1])],
-                                capture_output=True, text=True)
-        print("    " + status.stdout.strip().replace("\n", "\n    "))
-
         say("Starting two `dc-agent run` processes")
         pubkeys = {}
         for name, config in agents:
@@ -192,6 +187,11 @@ def main() -> int:
               + ("each contract provisioned exactly once." if not twice and len(runs) == len(rows)
                  else f"provisioned more than once: {', '.join(twice) or '-'}"))
         code = 0 if not twice else 1
+
+        say(f"dc-agent status --config {agents[0][1]}")
+        status = subprocess.run([str(BIN / "dc-agent"), "status", "--config", str(agents[0][1])],
+                                capture_output=True, text=True)
+        print("    " + status.stdout.strip().replace("\n", "\n    "))
     finally:
         say("Stopping the agents (SIGTERM: they drain, then exit) and pool_api")
         for name, proc in reversed(procs):

@@ -76,7 +76,11 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
         "conflictsByContract": state.get("conflictsByContract", {}),
     }
     report["outboxBacklog"] = backlog
-    if running_pid:
+    checks["agentRunning"] = running_pid is not None
+    if not running_pid:
+        problems.append("no `dc-agent run` process uses this state directory "
+                        f"({settings.state_dir}): start it (systemctl start dc-agent)")
+    else:
         # Alive: the loop rewrites status.json every second. Talking to the API: a successful poll or
         # heartbeat recently (a busy agent with every slot taken does not poll, but still heartbeats).
         now = time.time_ns()
@@ -184,7 +188,7 @@ def _table(report: dict[str, Any]) -> str:
                                                  + (f" ({api.get('latencyMs')} ms)" if api.get("latencyMs") is not None else "")),
         (mark("signatureAccepted"), "signature accepted", "yes (signed heartbeat)" if api.get("signatureAccepted") else "no"),
         (mark("provisioner"), "provisioner", f"{prov.get('type', '-')}: {prov.get('detail', '')}"),
-        (mark("polling"), "agent process", (f"running (pid {agent.get('pid')})" if agent.get("running") else "not running")
+        (mark("polling" if agent.get("running") else "agentRunning"), "agent process", (f"running (pid {agent.get('pid')})" if agent.get("running") else "not running")
          + (", draining" if agent.get("draining") else "")),
         ("    ", "last successful poll", _ago(agent.get("lastPollNs"))),
         ("    ", "in progress", ", ".join(f"{cid} ({v.get('phase')}, {v.get('seconds')} s)" for cid, v in in_progress.items())

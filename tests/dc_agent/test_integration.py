@@ -83,6 +83,7 @@ class TestFleet:
             status = json.loads(res.stdout)
             assert status["checks"]["apiReachable"] and status["checks"]["signatureAccepted"] is True
             assert status["agent"]["counters"]["provisioned"] >= 1 and not status["agent"]["running"]
+            assert res.returncode == 1 and status["checks"]["agentRunning"] is False  # stopped is not healthy
             assert fleet.agents[0].config.parent.joinpath("agent.key").read_text().strip() not in res.stdout
 
     def test_an_agent_killed_mid_provision_and_restarted(self, pg_url, tmp_path, capsys):
