@@ -171,13 +171,13 @@ def main() -> int:
         rows = wait_for(all_provisioned, 180, "the contracts to be provisioned", 1.0)
 
         say("How each contract was provisioned")
-        header = f"{'CONTRACT':<34} {'AGENT':<6} {'INSTANCE':<40} {'IPV4':<13} {'SSH':>4} {'AFTER':>6}"
+        header = f"{'CONTRACT':<34} {'AGENT':<6} {'INSTANCE':<50} {'IPV4':<13} {'SSH':>4} {'AFTER':>6}"
         print(header)
         print("-" * len(header))
         for r in sorted(rows, key=lambda r: r["provisionedAtNs"]):
             d = r["instanceDetails"] or {}
             after = (r["provisionedAtNs"] - created) / 1e9
-            print(f"{r['contractId']:<34} {pubkeys.get(r['provisionedBy'], '?'):<6} {d.get('externalId', ''):<40} "
+            print(f"{r['contractId']:<34} {pubkeys.get(r['provisionedBy'], '?'):<6} {d.get('externalId', ''):<50} "
                   f"{d.get('ipAddress', ''):<13} {d.get('sshPort', ''):>4} {after:>5.1f}s")
         calls = [line.split("\t") for line in (work / "script-calls.log").read_text().splitlines()]
         runs = [c[3] for c in calls if c[1:3] == ["provision", "done"]]
