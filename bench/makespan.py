@@ -164,7 +164,8 @@ def main() -> int:
                   f"/contract), per agent {r['per_agent_min']}–{r['per_agent_max']}, load {h.loadavg()}")
         find_ms = find_wall_ms(fleet) if args.script == "example" else float("nan")
     print()
-    h.figure("find_command_alone", round(find_ms, 1), "ms")
+    if args.script == "example":
+        h.figure("find_command_alone", round(find_ms, 1), "ms")
     table = ["| max_concurrent | makespan | ideal | ratio | 409s | 409 / contract | polls | contracts per agent | "
              "double runs |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -220,7 +221,8 @@ def main() -> int:
                             f"{args.poll_interval:g} s, lock TTL 300 s, PostgreSQL",
     }) + "\n\n" + "\n".join(table) + "\n\nWhere the time of one contract goes (medians over all contracts of the " \
         "first run; from the agents' logs and the script's record):\n\n" + "\n".join(stage_lines) + \
-        f"\n\nThe example's `find` command run alone (idle pool, median of 11): {find_ms:.0f} ms.\n\n" + \
+        (f"\n\nThe example's `find` command run alone (idle pool, median of 11): {find_ms:.0f} ms."
+         if args.script == "example" else "") + "\n\n" + \
         "CPU time by component from the insert to the last report (/proc: the agents, the scripts they " \
         "waited for, the server, the PostgreSQL postmaster and backends; the machine's total from /proc/stat, " \
         "so 'other processes' is what competed with the benchmark; the machine has " + str(os.cpu_count()) + \
