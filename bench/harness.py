@@ -440,7 +440,7 @@ _SECTION = re.compile(r"<!-- section:(?P<key>[\w-]+) -->\n.*?<!-- /section:(?P=k
 _SUMMARY_DATA = re.compile(r"<!-- summary-data (?P<json>\{.*?\}) -->", re.S)
 
 
-def record(path: Path | None, key: str, title: str, body: str, summary: dict[str, str] | None = None,
+def record(path: Path | None, key: str | None, title: str, body: str, summary: dict[str, str] | None = None,
            order: list[str] | None = None) -> None:
     """Replace (or add) section `key` of RESULTS.md and update its rows in the closing table."""
     if path is None:
@@ -455,7 +455,8 @@ def record(path: Path | None, key: str, title: str, body: str, summary: dict[str
         data.update(summary or {})
         sections = {m.group("key"): m.group(0) for m in _SECTION.finditer(text)}
         head = text.split("<!-- section:", 1)[0].split("## Summary", 1)[0].rstrip() + "\n"
-        sections[key] = f"<!-- section:{key} -->\n## {title}\n\n{body.strip()}\n\n<!-- /section:{key} -->\n"
+        if key is not None:
+            sections[key] = f"<!-- section:{key} -->\n## {title}\n\n{body.strip()}\n\n<!-- /section:{key} -->\n"
         keys = order or []
         ordered = [k for k in keys if k in sections] + [k for k in sections if k not in keys]
         out = head + "\n" + "\n".join(sections[k] for k in ordered) + "\n" + summary_table(data)
@@ -474,7 +475,8 @@ def summary_table(data: dict[str, str]) -> str:
         if isinstance(value, str):
             value = {"value": value}
         lines.append(f"| {label} | {value.get('value', 'not measured yet')} | {target} | {value.get('run', '')} |")
-    return "\n".join(lines) + "\n\n<!-- summary-data " + json.dumps(data, sort_keys=True) + " -->\n"
+    # the machine-readable copy goes first, so that the file ends with the table
+    return "<!-- summary-data " + json.dumps(data, sort_keys=True) + " -->\n\n" + "\n".join(lines) + "\n"
 
 
 def run_header(command: list[str], started: float, extra: dict[str, Any] | None = None) -> str:
