@@ -33,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -65,6 +67,18 @@ def _proc_start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _die_with_agent_prefix() -> list[str]:
+    """argv prefix that makes a command die (SIGKILL) when the agent process that started it dies.
+
+    A run starts in its own session, so a SIGKILLed agent would leave it running; if the contract's
+    lease then ran out before the agent came back, another agent could provision the same contract
+    while the orphan finished. util-linux's setpriv sets the parent-death signal and execs the command
+    (same pid); without setpriv the next agent start still stops orphans (recover_orphans).
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _group_alive(pgid: int) -> bool:
@@ -104,6 +118,9 @@ def kill_group(pgid: int, grace: float, reap: Callable[[], object] | None = None
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+_DIE_WITH_AGENT = _die_with_agent_prefix()
 
 
 class ScriptProvisioner:
@@ -189,10 +206,16 @@ class ScriptProvisioner:
              external_id: str | None = None) -> tuple[int, str, str]:
         """Run `argv` in a new session with `payload` as JSON on stdin: (exit status, stdout, stderr)."""
         what = os.path.basename(argv[0])
+        env = self._env(action, contract_id, external_id)
+        if _DIE_WITH_AGENT:  # setpriv execs the command: find out here, not from its exit status, if it can
+            program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+            if not program or not os.path.isfile(program):
+                raise ProvisionError(f"cannot start {action} command {argv[0]!r}: No such file or directory")
+            if not os.access(program, os.X_OK):
+                raise ProvisionError(f"cannot start {action} command {argv[0]!r}: Permission denied (not executable)")
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True, env=self._env(action, contract_id, external_id),
-                                    cwd=str(self._base))
+            proc = subprocess.Popen([*_DIE_WITH_AGENT, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=str(self._base))
         except OSError as exc:
             raise ProvisionError(f"cannot start {action} command {argv[0]!r}: {exc.strerror or exc}") from None
         record = self._record_run(contract_id, proc.pid) if action == "provision" and contract_id else None

@@ -8,6 +8,7 @@ figures (agents, contracts, doubles, lost, 409s per contract) are printed.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.dc_agent.fleet import Fleet, dc_agent_command, wait_until
+
+DIES_WITH_AGENT = shutil.which("setpriv") is not None  # see provisioners/script.py _die_with_agent_prefix
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 from tests.support.pool_server import running_pool_api
 from tests.support.provider import Provider
 
@@ -95,6 +105,8 @@ class TestFleet:
             running = wait_until(lambda: fleet.running_scripts(victim.name), 60, "agent1 to run a script", interval=0.05)
             victim.kill()
             killed_runs = {(r["contract"], r["pid"]) for r in running}
+            if DIES_WITH_AGENT:  # parent-death signal: no orphan goes on while the agent is away
+                wait_until(lambda: all(_gone(pid) for _, pid in killed_runs), 10, "the runs to die with their agent")
             victim.start()
             rows = fleet.wait_provisioned(ids, timeout=180)
             figures = fleet.figures(ids)
@@ -103,13 +115,13 @@ class TestFleet:
             assert_exactly_once(fleet, ids, figures)
             for cid, _pid in killed_runs:
                 assert rows[cid]["status"] == "provisioned"
-            # each run the killed agent left behind either finished (and was adopted, not redone) or was
-            # stopped by the restarted agent before it took the contract again
+            # each run the killed agent left behind finished (and was adopted, not redone), died with it, or
+            # was stopped by the restarted agent before it took the contract again
             stopped = {e.get("contract_id") for e in victim.log_events()
                        if str(e.get("event", "")).startswith("stopped a provisioning run left by a previous agent")}
             finished = {c["pid"] for c in fleet.script_calls() if c["phase"] == "done"}
             for cid, pid in killed_runs:
-                assert pid in finished or cid in stopped, (cid, pid, stopped)
+                assert pid in finished or cid in stopped or DIES_WITH_AGENT, (cid, pid, stopped)
                 assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
     def test_api_down_for_30_seconds_while_scripts_run(self, pg_url, tmp_path, capsys):

@@ -43,6 +43,37 @@ def gone(pid: int) -> bool:
 wait_for = functools.partial(wait_until, timeout=10.0, interval=0.02)
 
 
+class TestAgentDeath:
+    def test_a_run_dies_with_the_agent_that_started_it(self, tmp_path):
+        """SIGKILL of the agent process kills its running script at once (parent-death signal), so an
+        orphan cannot finish a contract that another agent takes over after the lease ran out."""
+        import shutil
+
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv (util-linux) is not installed: runs are stopped at the next agent start only")
+        cmd = script(tmp_path, "prov.sh", f"""
+            cat >/dev/null
+            echo $$ > {tmp_path}/script.pid
+            exec sleep 60
+        """)
+        agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import threading
+            from provisioners.script import ScriptProvisioner
+            from provisioners.base import Contract
+            ScriptProvisioner({{"command": [{cmd!r}], "timeout_seconds": 120}}).provision(
+                Contract(contract_id="c-orphan"), threading.Event())
+        """)], cwd=str(Path(__file__).resolve().parents[2]))
+        try:
+            pid = int(wait_for(lambda: (tmp_path / "script.pid").exists() and (tmp_path / "script.pid").read_text().strip(),
+                               timeout=30, what="the script to start"))
+            assert not gone(pid)
+            agent.kill()
+            agent.wait()
+            wait_for(lambda: gone(pid), timeout=10, what="the orphaned script to die with its agent")
+        finally:
+            agent.kill()
+
+
 class TestProvision:
     def test_a_background_child_holding_stdout_does_not_fail_a_finished_script(self, tmp_path):
         """The script printed its JSON and exited 0, leaving a background process with its stdout open
