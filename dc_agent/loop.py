@@ -66,6 +66,14 @@ def _sd() -> Any:
     return sdnotify
 
 
+def _first_lock(lock: Any) -> bool:
+    """The server says this lock is the first ever taken on the contract (firstLockedAtNs == lockedAtNs)."""
+    if not isinstance(lock, dict):
+        return False
+    first, now = lock.get("firstLockedAtNs"), lock.get("lockedAtNs")
+    return isinstance(first, int) and first == now
+
+
 @dataclass
 class Job:
     contract: Contract
@@ -73,6 +81,7 @@ class Job:
     lease_expires: float
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
+    first_lock: bool = False  # nobody held the contract before: no instance can exist, skip find()
     stopped_for_shutdown: bool = False
     started: float = field(default_factory=time.monotonic)
     phase: str = "starting"
@@ -390,7 +399,8 @@ class Agent:
                 with contextlib.suppress(ApiError):
                     await self.client.unlock(cid)
                 continue
-            job = Job(contract=contract, log=clog, lease_expires=sent + self._lease_seconds(lock, sent))
+            job = Job(contract=contract, log=clog, lease_expires=sent + self._lease_seconds(lock, sent),
+                      first_lock=_first_lock(lock))
             self.jobs[cid] = job
             job.task = asyncio.create_task(self._run_job(job), name=f"job-{cid}")
         self._save_state(force=True)
@@ -408,10 +418,11 @@ class Agent:
 
     def _work(self, job: Job) -> tuple[InstanceDetails, bool]:
         """In a worker thread: adopt an existing instance, else provision. (details, adopted)."""
-        job.phase = "find"
-        found = self.provisioner.find(job.contract.contract_id)
-        if found is not None:
-            return found, True
+        if not job.first_lock:  # someone held it before (maybe this agent, before a crash): adopt, not redo
+            job.phase = "find"
+            found = self.provisioner.find(job.contract.contract_id)
+            if found is not None:
+                return found, True
         if job.cancel.is_set():
             raise Cancelled("cancelled before provisioning started")
         job.phase = "provision"

@@ -35,6 +35,7 @@ def contract_json(row: Any) -> dict[str, Any]:
         "lockAgent": m["lock_agent"],
         "lockAtNs": m["lock_at_ns"],
         "lockExpiresNs": m["lock_expires_ns"],
+        "firstLockedAtNs": m["first_locked_at_ns"],
         "provisionedBy": m["provisioned_by"],
         "provisionedAtNs": m["provisioned_at_ns"],
         "instanceDetails": m["instance_details"],

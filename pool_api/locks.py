@@ -59,10 +59,15 @@ def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: 
             c.c.payment_status == "succeeded",
             sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
         )
-        .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now)
-    ).rowcount
-    if got == 1:
-        return {"acquired": True, "contractId": contract_id, "lockedAtNs": now, "expiresAtNs": expires}
+        .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now,
+                first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, now))
+        .returning(c.c.first_locked_at_ns)
+    ).first()
+    if got is not None:
+        # firstLockedAtNs == lockedAtNs: nobody ever held this contract before, so no instance of it can
+        # exist and the agent may skip its adoption check (find)
+        return {"acquired": True, "contractId": contract_id, "lockedAtNs": now, "expiresAtNs": expires,
+                "firstLockedAtNs": got.first_locked_at_ns}
     row = load_for_agent(conn, caller, contract_id)
     raise _not_open(row) or ApiError(409, "lock held by another agent")
 

@@ -108,6 +108,7 @@ contracts = sa.Table(
     sa.Column("lock_agent", sa.String(64)),
     sa.Column("lock_at_ns", sa.BigInteger),
     sa.Column("lock_expires_ns", sa.BigInteger),
+    sa.Column("first_locked_at_ns", sa.BigInteger),  # set by the first lock ever taken (migration 0003)
     sa.Column("provisioned_by", sa.String(64)),
     sa.Column("provisioned_at_ns", sa.BigInteger),
     sa.Column("instance_details", Json),

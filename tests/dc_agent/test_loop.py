@@ -35,6 +35,8 @@ class FakeApi:
         self.failed: dict[str, str] = {}
         self.doomed: set[str] = set()  # external ids the server's reconcile says to terminate
         self.reconciled: list[list[dict[str, Any]]] = []
+        self.track_first_lock = False  # answer firstLockedAtNs as pool_api does (older servers do not)
+        self.first_locked: dict[str, int] = {}
 
     def _next(self, queue: list[Any]) -> None:
         if queue:
@@ -54,7 +56,9 @@ class FakeApi:
     async def lock(self, cid: str, *, policy: str = "lock") -> dict[str, Any]:
         self.calls.append(("lock", cid))
         self._next(self.lock_answers.setdefault(cid, []))
-        return {"acquired": True}
+        now = time.time_ns()
+        first = self.first_locked.setdefault(cid, now) if self.track_first_lock else None
+        return {"acquired": True, "lockedAtNs": now, "firstLockedAtNs": first}
 
     async def unlock(self, cid: str, **_: Any) -> None:
         self.calls.append(("unlock", cid))
@@ -319,6 +323,22 @@ class TestPolling:
         run_once(agent)
         assert driver.provisioned == [] and api.provisioned["c1"]["externalId"] == "vm-old"
         assert agent.state.counters["adopted"] == 1
+
+    def test_the_first_lock_ever_skips_the_adoption_check(self, tmp_path):
+        """firstLockedAtNs == lockedAtNs: nobody held the contract before, so no instance can exist and
+        find() (a process start for a script driver, an API scan for Proxmox) is skipped."""
+        api = FakeApi(["c1", "c2"])
+        api.track_first_lock = True
+        api.first_locked["c2"] = 1  # c2 was held before (say by an agent that crashed): look first
+        driver = Driver()
+        driver.found["c1"] = driver.found["c2"] = InstanceDetails(external_id="vm-old", provisioner="script")
+        asked: list[str] = []
+        real_find = driver.find
+        driver.find = lambda cid: asked.append(cid) or real_find(cid)  # type: ignore[method-assign]
+        agent = make_agent(tmp_path, api, driver, max_concurrent=2)
+        run_once(agent)
+        assert asked == ["c2"]
+        assert driver.provisioned == ["c1"] and api.provisioned["c2"]["externalId"] == "vm-old"
 
     def test_agents_order_candidates_differently(self, tmp_path):
         """Ordering by hash(agent key, contract) spreads agents over the queue; own locks come first."""

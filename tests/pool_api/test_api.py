@@ -272,6 +272,20 @@ class TestProvisioning:
         data(a.provisioned(de[0]))
         assert a.pending_ids() == de[1:]
 
+    def test_lock_says_whether_it_is_the_first_lock_ever(self, server: PoolServer, world) -> None:
+        """firstLockedAtNs equals lockedAtNs only on the first lock of a contract; renewals and later
+        agents see the first one (an agent then checks for an instance left by an earlier attempt)."""
+        provider, a, b, _ = world
+        [cid] = make_contracts(provider.server, provider.de, 1)
+        first = data(a.lock(cid))
+        assert first["firstLockedAtNs"] == first["lockedAtNs"]
+        renewed = data(a.lock(cid))
+        assert renewed["firstLockedAtNs"] == first["lockedAtNs"] != renewed["lockedAtNs"]
+        data(a.unlock(cid))
+        later = data(b.lock(cid))
+        assert later["firstLockedAtNs"] == first["lockedAtNs"] != later["lockedAtNs"]
+        assert contract(server, cid)["firstLockedAtNs"] == first["lockedAtNs"]
+
     def test_lock_refusals(self, server: PoolServer, world) -> None:
         """Other pool 403, unknown or other provider's contract 404, held 409, provisioned 409, cancelled 409."""
         provider, a, b, us = world

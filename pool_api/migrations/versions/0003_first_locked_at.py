@@ -1,0 +1,25 @@
+"""contracts.first_locked_at_ns: when a contract was first locked, so that the first agent to lock it
+knows no instance can exist yet and skips its adoption check.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-25 14:00:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('contracts', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('first_locked_at_ns', sa.BigInteger(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('contracts', schema=None) as batch_op:
+        batch_op.drop_column('first_locked_at_ns')
