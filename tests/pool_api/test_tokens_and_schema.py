@@ -110,3 +110,27 @@ class TestTokenLifecycle:
             tokens.delete_token(conn, pool.provider_pubkey, t1)
             tokens.delete_token(conn, pool.provider_pubkey, e2["tokenId"])
             assert tokens.list_pending(conn, "pool_1", now=NOW) == []
+
+
+def test_upgrade_to_0003_marks_existing_contracts_as_maybe_locked_before(pg_url: str) -> None:
+    """Contracts from before the first-lock column may have been locked by older code: after the upgrade
+    their first lock does not count as the first ever (firstLockedAtNs 0), so agents still run find()."""
+    from alembic import command
+
+    from pool_api import db
+
+    cfg = db.alembic_config()
+    engine = db.create_engine(pg_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.execute(sa.text("INSERT INTO providers (pubkey, created_at_ns) VALUES (:p, 1)"), {"p": "ab" * 32})
+        conn.execute(sa.text("INSERT INTO offerings (offering_id, provider_pubkey, name, product_type, "
+                             "datacenter_country, created_at_ns) VALUES ('o', :p, 'o', 'compute', 'DE', 1)"),
+                     {"p": "ab" * 32})
+        conn.execute(sa.text("INSERT INTO contracts (contract_id, provider_pubkey, offering_id, status, payment_status, "
+                             "created_at_ns, updated_at_ns) VALUES ('old', :p, 'o', 'accepted', 'succeeded', 1, 1)"),
+                     {"p": "ab" * 32})
+        command.upgrade(cfg, "head")
+        assert conn.execute(sa.text("SELECT first_locked_at_ns FROM contracts WHERE contract_id='old'")).scalar_one() == 0
+    engine.dispose()

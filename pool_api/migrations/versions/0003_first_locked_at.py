@@ -18,6 +18,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('contracts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('first_locked_at_ns', sa.BigInteger(), nullable=True))
+    # Contracts that exist at the upgrade may have been locked by the code before it, which did not
+    # record the first lock: mark them "maybe held before" (0), so that agents still check for an
+    # instance an earlier attempt left. Only contracts created after the upgrade can skip the check.
+    op.execute("UPDATE contracts SET first_locked_at_ns = 0 WHERE first_locked_at_ns IS NULL")
 
 
 def downgrade() -> None:
