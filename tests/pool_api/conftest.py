@@ -11,7 +11,9 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from pool_api import db
 from tests.pool_api.helpers import dispose_engines, quick_provider
 from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.postgres import PostgresCluster
@@ -59,3 +61,14 @@ def provider(server: PoolServer) -> Iterator[Provider]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """An engine on a fresh, migrated database (PostgreSQL and SQLite, through `db_url`)."""
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -95,16 +95,6 @@ def page_csrf(html: str) -> str:
 # --- fixtures -----------------------------------------------------------------------------------------
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = db.create_engine(db_url)
-    db.migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
 def settings(db_url: str) -> Settings:
     return Settings(database_url=db.normalize_url(db_url), public_url="https://pools.example.test")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -17,16 +16,6 @@ from pool_api.envelope import ApiError
 from pool_api.tables import agent_pools, agent_setup_tokens, metadata, providers
 
 NOW = 1_800_000_000 * 10**9
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = db.create_engine(db_url)
-    db.migrate(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
