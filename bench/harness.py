@@ -50,6 +50,7 @@ from tests.dc_agent.fleet import AgentProc, Fleet, dc_agent_command  # noqa: E40
 from tests.support.pool_server import PoolServer  # noqa: E402
 from tests.support.postgres import PostgresCluster, start_cluster  # noqa: E402
 from tests.support.provider import Provider  # noqa: E402
+from tests.support.wait import wait_until as wait_for  # noqa: E402,F401 - bench scripts call h.wait_for
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 EXAMPLE_SCRIPT = REPO / "examples" / "script-provisioner.py"
@@ -57,18 +58,6 @@ OWN_INSTANCES = REPO / "bench" / "own_instances.py"
 
 
 # -- small utilities ----------------------------------------------------------------------------------
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
 
 def percentile(values: Iterable[float], p: float) -> float:
     """Nearest-rank-with-interpolation percentile (p in 0..100) of a non-empty list."""
