@@ -132,6 +132,16 @@ def _hex_key(value: Any) -> str:
     return text
 
 
+API_DIALECTS = ("pool-api", "decent-cloud")
+
+
+def _dialect(value: Any) -> str:
+    text = _string(value).lower()
+    if text not in API_DIALECTS:
+        raise ValueError("must be pool-api (our pool server) or decent-cloud (the live Decent Cloud API)")
+    return text
+
+
 def _log_level(value: Any) -> str:
     text = _string(value).lower()
     if text not in {"debug", "info", "warning", "error"}:
@@ -142,6 +152,7 @@ def _log_level(value: Any) -> str:
 AGENT_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     # name: (parser, default, one-line help used by the README and `--help`)
     "api_url": (_url, None, "base URL of pool_api (the agent adds /api/v1)"),
+    "api_dialect": (_dialect, "pool-api", "which API the agent speaks: pool-api or decent-cloud (written by setup)"),
     "provider_pubkey": (_hex_key, None, "the provider this agent works for (written by setup)"),
     "pool_id": (_string, None, "the pool this agent belongs to (written by setup)"),
     "pool_name": (_string, None, "the pool's name, for display"),
@@ -173,6 +184,7 @@ class Settings:
     state_dir: Path
     provisioner_type: str
     provisioner_settings: dict[str, Any] = field(default_factory=dict)
+    api_dialect: str = "pool-api"
     pool_name: str | None = None
     label: str | None = None
     poll_interval_seconds: float = 30.0
@@ -196,6 +208,7 @@ class Settings:
         return {
             "config_path": str(self.config_path),
             "api_url": self.api_url,
+            "api_dialect": self.api_dialect,
             "provider_pubkey": self.provider_pubkey,
             "pool_id": self.pool_id,
             "pool_name": self.pool_name,
@@ -328,12 +341,14 @@ def driver_settings(settings: Settings) -> dict[str, Any]:
 
 
 def render(*, api_url: str, provider_pubkey: str, pool_id: str, pool_name: str | None, label: str | None,
-           private_key_path: Path, state_dir: Path, provisioner_type: str, ca_cert: str | None = None) -> str:
+           private_key_path: Path, state_dir: Path, provisioner_type: str, ca_cert: str | None = None,
+           api_dialect: str = "pool-api") -> str:
     """The text `dc-agent setup` writes: values via tomli-w, plus comments that say what to fill in."""
     import tomli_w
 
     agent: dict[str, Any] = {
         "api_url": api_url,
+        "api_dialect": api_dialect,
         "provider_pubkey": provider_pubkey,
         "pool_id": pool_id,
     }

@@ -16,8 +16,12 @@ from provisioners.base import (
     Health,
     Instance,
     InstanceDetails,
+    InstanceHealth,
+    Lifecycle,
     ProvisionError,
     Provisioner,
+    Unsupported,
+    capabilities,
 )
 
 DRIVERS: dict[str, str] = {
@@ -50,7 +54,11 @@ __all__ = [
     "Health",
     "Instance",
     "InstanceDetails",
+    "InstanceHealth",
+    "Lifecycle",
     "ProvisionError",
     "Provisioner",
+    "Unsupported",
+    "capabilities",
     "load",
 ]

@@ -21,6 +21,10 @@ class Cancelled(ProvisionError):
     """The agent asked the driver to stop (lock lost or shutdown); what was made is removed."""
 
 
+class Unsupported(ProvisionError):
+    """The driver cannot do this action; the message names the action and, if any, the setting that enables it."""
+
+
 class ConfigError(Exception):
     """A driver's configuration is wrong; the message names the key and the fix."""
 
@@ -128,6 +132,66 @@ class Health:
     ok: bool
     detail: str
     checks: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceHealth:
+    """One health check of one instance (reported every `health_interval_seconds`)."""
+
+    status: str  # "healthy" | "unhealthy" | "unknown"
+    detail: str = ""  # one line, no secrets
+    latency_ms: float | None = None  # how long the check took (or a ping inside it)
+
+
+HEALTH_STATUSES = ("healthy", "unhealthy", "unknown")
+
+
+class Lifecycle:
+    """What the agent asks of a driver after provisioning. A driver inherits this and overrides what it can do;
+    every default raises :class:`Unsupported` (health answers "unknown"), so the agent reports a plain
+    "this driver cannot …" instead of failing obscurely. All methods block and run in a worker thread.
+
+    * `check_instance(external_id)` -> InstanceHealth: the instance's health (never raises for an unhealthy one).
+    * `stop(external_id)`: pause: power the instance off and keep its disk; an already stopped one is done.
+    * `start(external_id)`: resume a stopped instance; an already running one is done.
+    * `set_password(external_id, password, username)`: set the login password (the agent makes it and keeps
+      it durably until reported, so a retry sets the same one: must be idempotent). `username` None = the
+      driver's default user.
+    * `rotate_ssh_key(external_id, new_key, old_key)`: install `new_key` (an OpenSSH public key line) and
+      remove `old_key` (None: keep others, just add), idempotent.
+    """
+
+    def check_instance(self, external_id: str) -> InstanceHealth:
+        return InstanceHealth("unknown", f"the {getattr(self, 'name', 'this')} driver has no health check")
+
+    def stop(self, external_id: str) -> None:
+        raise Unsupported(f"the {getattr(self, 'name', 'this')} driver cannot stop (pause) an instance")
+
+    def start(self, external_id: str) -> None:
+        raise Unsupported(f"the {getattr(self, 'name', 'this')} driver cannot start (resume) an instance")
+
+    def set_password(self, external_id: str, password: str, username: str | None = None) -> None:
+        raise Unsupported(f"the {getattr(self, 'name', 'this')} driver cannot reset a password")
+
+    def rotate_ssh_key(self, external_id: str, new_key: str, old_key: str | None = None) -> None:
+        raise Unsupported(f"the {getattr(self, 'name', 'this')} driver cannot rotate SSH keys")
+
+
+def capabilities(driver: object) -> list[str]:
+    """The lifecycle actions `driver` overrides (for heartbeats and `status`): health, pause, password, ssh_key."""
+    def overrides(name: str) -> bool:
+        impl = getattr(type(driver), name, None)
+        return impl is not None and impl is not getattr(Lifecycle, name)
+    caps = ["provision"]
+    if overrides("check_instance"):
+        caps.append("health")
+    if overrides("stop") and overrides("start"):
+        caps.append("pause")
+    if overrides("set_password"):
+        caps.append("password")
+    if overrides("rotate_ssh_key"):
+        caps.append("ssh_key")
+    return caps
 
 
 @runtime_checkable

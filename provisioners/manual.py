@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioners.base import Cancelled, ConfigError, Contract, Health, Instance, InstanceDetails, ProvisionError
+from provisioners.base import Cancelled, ConfigError, Contract, Health, Instance, InstanceDetails, Lifecycle, ProvisionError
 
 KNOWN_KEYS = {"timeout_hours", "state_dir"}
 
@@ -81,7 +81,7 @@ class HandoffDir:
         return _read(self.results / _name(contract_id))
 
 
-class ManualProvisioner:
+class ManualProvisioner(Lifecycle):
     name = "manual"
 
     def __init__(self, settings: dict[str, Any], config_path: Path | str | None = None) -> None:

@@ -35,7 +35,7 @@ import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
-from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDetails, ProvisionError
+from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDetails, Lifecycle, ProvisionError
 from provisioners.proxmox_config import STORAGE_ID, VMID_MAX, VMID_MIN, NODE_NAME, ProxmoxSettings, parse_settings
 from provisioners.proxmox_guest import (
     AGENT_TAG,
@@ -128,7 +128,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, ResourceException) and exc.status_code >= 500
 
 
-class ProxmoxProvisioner:
+class ProxmoxProvisioner(Lifecycle):
     """The `proxmox` driver. Construct with the `[provisioner.proxmox]` table."""
 
     name = "proxmox"

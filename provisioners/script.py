@@ -50,6 +50,7 @@ from provisioners.base import (
     Health,
     Instance,
     InstanceDetails,
+    Lifecycle,
     ProvisionError,
 )
 
@@ -123,7 +124,7 @@ def kill_group(pgid: int, grace: float, reap: Callable[[], object] | None = None
 _DIE_WITH_AGENT = _die_with_agent_prefix()
 
 
-class ScriptProvisioner:
+class ScriptProvisioner(Lifecycle):
     """Runs the provider's commands; see the module docstring for their interface."""
 
     name = "script"
