@@ -14,7 +14,8 @@ from pool_api.tables import agent_delegations as d
 from pool_api.tables import agent_pools as p
 from pool_api.tables import agent_setup_tokens as t
 
-AGENT_PERMISSIONS = ["heartbeat", "pending-provision", "lock", "provisioned", "failed", "reconcile", "terminated"]
+AGENT_PERMISSIONS = ["heartbeat", "pending-provision", "lock", "provisioned", "failed", "reconcile", "terminated",
+                     "health", "pending-password-reset", "password", "pending-ssh-key-rotation", "ssh-key-rotation"]
 
 
 def setup(conn: sa.Connection, token: str, agent_pubkey: str) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def setup(conn: sa.Connection, token: str, agent_pubkey: str) -> dict[str, Any]:
         "provisionerType": pool.provisioner_type,
         "label": label,
         "permissions": AGENT_PERMISSIONS,
+        "apiDialect": "pool-api",  # dc-agent setup tells pool_api from the live API by this field
     }
 
 

@@ -15,7 +15,7 @@ from pool_api import jobs, pages
 from pool_api.db import create_engine
 from pool_api.envelope import install_error_handlers
 from pool_api.middleware import AccessLog, BodyLimit, JsonByDefault
-from pool_api.routers import agents, health, installer, providers
+from pool_api.routers import agents, health, installer, lifecycle, providers
 from pool_api.settings import Settings
 
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings, engine: sa.Engine | None = None, *, run_jobs:
     app.include_router(installer.router)
     app.include_router(agents.router)
     app.include_router(providers.router)
+    app.include_router(lifecycle.router)
     app.include_router(pages.router)
     app.add_middleware(JsonByDefault)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -223,25 +224,38 @@ def contract_create(
     status: Annotated[str, typer.Option(help="Initial status.")] = "accepted",
     payment_status: Annotated[str, typer.Option(help="Payment status.")] = "succeeded",
     instance_config: Annotated[Optional[str], typer.Option(help="JSON object passed to the agent.")] = None,
+    duration_hours: Annotated[Optional[float], typer.Option(
+        min=0.0, help="The contract ends this many hours from now (its instance is then terminated).")] = None,
+    ends_at_ns: Annotated[Optional[int], typer.Option(min=0, help="The contract's end, ns since the epoch.")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Create paid, accepted contracts for an offering; prints one id per line."""
+    """Create paid, accepted contracts for an offering; prints one id per line. Without an end they run until cancelled."""
     from pool_api import contracts
+    from pool_api.db import now_ns
 
     if status not in contracts.STATUSES:
         _fail(f"--status: one of {', '.join(contracts.STATUSES)}")
     if payment_status not in contracts.PAYMENT_STATUSES:
         _fail(f"--payment-status: one of {', '.join(contracts.PAYMENT_STATUSES)}")
+    if duration_hours is not None and ends_at_ns is not None:
+        _fail("--duration-hours and --ends-at-ns: give only one of the two")
+    if duration_hours is not None:
+        ends_at_ns = now_ns() + int(duration_hours * 3600 * 1_000_000_000)
+    if ends_at_ns is not None and ends_at_ns >= 2**63:
+        _fail("--ends-at-ns: too large (ns since the epoch, below 2**63)")
     config = _json_option(instance_config, "--instance-config")
     ids = _run(database_url, lambda conn: contracts.create_contracts(
         conn, offering, ssh_pubkey=ssh_pubkey, count=count, status=status, payment_status=payment_status,
-        instance_config=config))
+        instance_config=config, ends_at_ns=ends_at_ns))
     typer.echo("\n".join(ids))
 
 
 def _print_contract(c: dict[str, Any]) -> None:
     lock = f" lock={c['lockAgent'][:12]}… until {c['lockExpiresNs']}" if c["lockAgent"] else ""
-    typer.echo(f"{c['contractId']}  {c['status']:<12} offering={c['offeringId']} failures={c['failureCount']}{lock}")
+    ends = f" ends={c['endsAtNs']}" if c["endsAtNs"] is not None else ""
+    health = f" health={c['health']['status']}" if c["health"] else ""
+    typer.echo(f"{c['contractId']}  {c['status']:<12} offering={c['offeringId']} failures={c['failureCount']}"
+               f"{ends}{health}{lock}")
 
 
 @contract_app.command("list")
@@ -288,6 +302,88 @@ def contract_cancel(
 
     c = _run(database_url, lambda conn: contracts.cancel(conn, contract_id))
     typer.echo(f"{c['contractId']} {c['status']}")
+
+
+ContractId = Annotated[str, typer.Argument(help="Contract id.")]
+
+
+@contract_app.command("pause")
+def contract_pause(contract_id: ContractId, database_url: DatabaseUrl = None) -> None:
+    """Pause a provisioned contract: its agent stops the instance and keeps the disk (reconcile lists it under pause)."""
+    from pool_api import pause
+
+    out = _run(database_url, lambda conn: pause.pause(conn, contract_id))
+    typer.echo(f"{out['contractId']} {out['status']}{' (already)' if out['repeated'] else ''}")
+
+
+@contract_app.command("resume")
+def contract_resume(contract_id: ContractId, database_url: DatabaseUrl = None) -> None:
+    """Resume a paused contract: provisioned again, its agent starts the instance it stopped."""
+    from pool_api import pause
+
+    out = _run(database_url, lambda conn: pause.resume(conn, contract_id))
+    typer.echo(f"{out['contractId']} {out['status']}{' (already)' if out['repeated'] else ''}")
+
+
+KeyFile = Annotated[Path, typer.Option("--key-file", help="The tenant's X25519 private key (hex); made, mode 0600, if missing.")]
+
+
+@contract_app.command("reset-password")
+def contract_reset_password(contract_id: ContractId, key_file: KeyFile, database_url: DatabaseUrl = None) -> None:
+    """Ask the contract's agent for a new password, sealed to the key in --key-file (the tenant's stand-in); prints the requestId."""
+    from pool_api import actions
+    from pool_api.credentials import CredentialError, load_or_create_key, public_key_hex
+
+    try:
+        key, created = load_or_create_key(key_file)
+    except CredentialError as exc:
+        _fail(str(exc))
+    out = _run(database_url, lambda conn: actions.request_password_reset(conn, contract_id, public_key_hex(key)))
+    typer.echo(out["requestId"])
+    typer.echo(f"{'wrote a new key to' if created else 'using the key in'} {key_file}; read the password with "
+               f"`dc-pool-api contract credentials {contract_id} --key-file {key_file}` once the agent reports",
+               err=True)
+
+
+@contract_app.command("credentials")
+def contract_credentials(contract_id: ContractId, key_file: KeyFile, database_url: DatabaseUrl = None) -> None:
+    """Print the password of the contract's last password reset, opened with --key-file (what the tenant sees)."""
+    from pool_api import actions
+    from pool_api.credentials import CredentialError, load_key, open_sealed, public_key_hex
+
+    if not key_file.exists():
+        _fail(f"--key-file {key_file}: no such file (the file `contract reset-password --key-file` wrote)")
+    row = _run(database_url, lambda conn: actions.latest_password_reset(conn, contract_id))
+    if row is None:
+        _fail(f"contract {contract_id} has no password reset: run `dc-pool-api contract reset-password` first")
+    if row.status == "pending":
+        _fail(f"password reset {row.request_id} is still pending: its agent has not reported yet")
+    if row.status == "failed":
+        _fail(f"password reset {row.request_id} failed on the agent: {row.error}")
+    try:
+        key = load_key(key_file)
+        if public_key_hex(key) != row.recipient_public_key:
+            _fail(f"--key-file {key_file}: not the key password reset {row.request_id} was sealed to")
+        typer.echo(open_sealed(key, row.encrypted_password))
+    except CredentialError as exc:
+        _fail(str(exc))
+
+
+@contract_app.command("rotate-ssh-key")
+def contract_rotate_ssh_key(
+    contract_id: ContractId,
+    key: Annotated[str, typer.Option("--key", help='The new OpenSSH public key line, e.g. "ssh-ed25519 AAAA… user@host".')],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Ask the contract's agent to replace the instance's SSH key with --key; prints the requestId."""
+    from pool_api import actions
+    from pool_api.sshkey import key_line_problem, normalize_key_line
+
+    problem = key_line_problem(key)
+    if problem:
+        _fail(f"--key: not an OpenSSH public key line: {problem}")
+    out = _run(database_url, lambda conn: actions.request_ssh_key_rotation(conn, contract_id, normalize_key_line(key)))
+    typer.echo(out["requestId"])
 
 
 def main() -> None:

@@ -16,8 +16,27 @@ from pool_api.tables import contracts as c
 from pool_api.tables import offerings as o
 
 PROVISIONABLE = ("accepted", "provisioning")
-STATUSES = ("requested", "accepted", "provisioning", "provisioned", "cancelled", "terminated")
+# An instance runs for a provisioned contract; a paused one keeps its instance, stopped (pool_api.pause).
+HAS_INSTANCE = ("provisioned", "paused")
+STATUSES = ("requested", "accepted", "provisioning", "provisioned", "paused", "cancelled", "terminated")
 PAYMENT_STATUSES = ("pending", "succeeded", "failed", "refunded")
+
+
+def not_ended(now: int) -> sa.ColumnElement[bool]:
+    """The contract has no end, or its end is still ahead."""
+    return sa.or_(c.c.ends_at_ns.is_(None), c.c.ends_at_ns > now)
+
+
+def has_ended(row: Any, now: int | None = None) -> bool:
+    return row.ends_at_ns is not None and row.ends_at_ns <= (now_ns() if now is None else now)
+
+
+def health_json(m: Any) -> dict[str, Any] | None:
+    """The last health report kept on the contract, or None before the first."""
+    if m["health_status"] is None:
+        return None
+    return {"status": m["health_status"], "detail": m["health_detail"], "latencyMs": m["health_latency_ms"],
+            "checkedAtNs": m["health_checked_at_ns"], "agentPubkey": m["health_agent"]}
 
 
 def contract_json(row: Any) -> dict[str, Any]:
@@ -46,6 +65,10 @@ def contract_json(row: Any) -> dict[str, Any]:
         "cancelledAtNs": m["cancelled_at_ns"],
         "terminatedAtNs": m["terminated_at_ns"],
         "terminatedBy": m["terminated_by"],
+        "endsAtNs": m["ends_at_ns"],
+        "pausedAtNs": m["paused_at_ns"],
+        "resumedAtNs": m["resumed_at_ns"],
+        "health": health_json(m),
     }
 
 
@@ -100,6 +123,7 @@ def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now
             c.c.provider_pubkey == caller.provider_pubkey,
             c.c.status.in_(PROVISIONABLE),
             c.c.payment_status == "succeeded",
+            not_ended(now),
             sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
         )
         .order_by(c.c.created_at_ns, c.c.contract_id)
@@ -139,14 +163,16 @@ def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now
 
 def create_contracts(conn: sa.Connection, offering_id: str, *, ssh_pubkey: str | None = None, count: int = 1,
                      status: str = "accepted", payment_status: str = "succeeded",
-                     instance_config: dict[str, Any] | None = None) -> list[str]:
+                     instance_config: dict[str, Any] | None = None, ends_at_ns: int | None = None) -> list[str]:
+    """Contracts as the marketplace makes them; `ends_at_ns` is the contract's end (None: open-ended)."""
     offering = conn.execute(sa.select(o.c.provider_pubkey).where(o.c.offering_id == offering_id)).first()
     if offering is None:
         raise ApiError(404, f"unknown offering {offering_id!r}")
     now = now_ns()
     rows = [dict(contract_id=uuid.uuid4().hex, provider_pubkey=offering.provider_pubkey, offering_id=offering_id,
                  requester_ssh_pubkey=ssh_pubkey, instance_config=instance_config, status=status,
-                 payment_status=payment_status, created_at_ns=now + i, updated_at_ns=now + i, failure_count=0)
+                 payment_status=payment_status, created_at_ns=now + i, updated_at_ns=now + i, failure_count=0,
+                 ends_at_ns=ends_at_ns)
             for i in range(count)]
     if rows:
         conn.execute(sa.insert(c), rows)

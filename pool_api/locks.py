@@ -8,8 +8,8 @@ serialised by BEGIN IMMEDIATE.
 
 Outcomes, for the agent `me` acting on a contract of its pool:
 - lock: 200 when the lock is free, mine (renewal: the expiry moves to now + TTL) or expired;
-  409 when another agent holds an unexpired lock, or the contract is provisioned, cancelled or not
-  (yet) payable.
+  409 when another agent holds an unexpired lock, or the contract is provisioned, paused, cancelled,
+  ended (its `ends_at_ns` passed) or not (yet) payable.
 - release: 200 `released: true` when I held it; 200 `released: false` when nobody holds it (a
   repeated release); 403 when another agent holds it.
 - provisioned: 200 when I hold the lock (even past its expiry, as long as nobody took it over);
@@ -19,6 +19,8 @@ Outcomes, for the agent `me` acting on a contract of its pool:
 - failed: 200 when I hold the lock (lock cleared, failureCount + 1, status stays accepted);
   repeating my last failure with the same message is 200 and counts nothing; otherwise as
   provisioned: 409 when provisioned, 403 when not the holder.
+- terminated: the agent removed the instance of a cancelled or ended contract: -> terminated (repeat 200).
+A paused contract counts as provisioned for the repeats above (it has its instance, stopped).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pool_api.auth import Caller
-from pool_api.contracts import PROVISIONABLE, load_for_agent
+from pool_api.contracts import HAS_INSTANCE, PROVISIONABLE, has_ended, load_for_agent, not_ended
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.tables import contracts as c
@@ -40,8 +42,10 @@ def _not_open(row: Any) -> ApiError | None:
     """409 when the contract can no longer be provisioned."""
     if row.status == "provisioned":
         return ApiError(409, "contract already provisioned")
-    if row.status in ("cancelled", "terminated"):
+    if row.status in ("paused", "cancelled", "terminated"):
         return ApiError(409, f"contract is {row.status}")
+    if has_ended(row):
+        return ApiError(409, f"contract ended (endsAtNs {row.ends_at_ns})")
     if row.status not in PROVISIONABLE or row.payment_status != "succeeded":
         return ApiError(409, f"contract is not ready for provisioning (status {row.status}, payment {row.payment_status})")
     return None
@@ -57,6 +61,7 @@ def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: 
             c.c.contract_id == contract_id,
             c.c.status.in_(PROVISIONABLE),
             c.c.payment_status == "succeeded",
+            not_ended(now),
             sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
         )
         .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now,
@@ -99,7 +104,7 @@ def provisioned(conn: sa.Connection, caller: Caller, contract_id: str, details: 
     if got == 1:
         return {"contractId": contract_id, "status": "provisioned", "provisionedAtNs": now, "repeated": False}
     row = load_for_agent(conn, caller, contract_id)
-    if row.status == "provisioned":
+    if row.status in HAS_INSTANCE:
         if row.provisioned_by != caller.pubkey:
             raise ApiError(409, "contract already provisioned by another agent")
         if row.instance_details != details:
@@ -118,7 +123,7 @@ def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message:
     now = now_ns()
     row = conn.execute(
         sa.update(c)
-        .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status != "provisioned")
+        .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status.not_in(HAS_INSTANCE))
         .values(failure_count=c.c.failure_count + 1, last_error=error_message, last_failed_by=caller.pubkey,
                 last_failed_at_ns=now, updated_at_ns=now, **_CLEAR_LOCK)
         .returning(c.c.status, c.c.failure_count)
@@ -128,7 +133,7 @@ def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message:
     row = load_for_agent(conn, caller, contract_id)
     if row.last_failed_by == caller.pubkey and row.last_error == error_message:
         return {"contractId": contract_id, "status": row.status, "failureCount": row.failure_count, "repeated": True}
-    if row.status == "provisioned":
+    if row.status in HAS_INSTANCE:
         raise ApiError(409, "contract already provisioned")
     if row.lock_agent is None:
         raise ApiError(403, "not the lock holder: the lock is free (expired or released)")
@@ -136,18 +141,21 @@ def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message:
 
 
 def terminated(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, Any]:
-    """The agent removed a cancelled contract's instance: cancelled -> terminated (repeat: 200)."""
+    """The agent removed the instance of a cancelled or ended contract: -> terminated (repeat: 200)."""
     load_for_agent(conn, caller, contract_id)
     now = now_ns()
+    ended = sa.and_(c.c.ends_at_ns.is_not(None), c.c.ends_at_ns <= now, c.c.status != "terminated")
     got = conn.execute(
-        sa.update(c).where(c.c.contract_id == contract_id, c.c.status == "cancelled")
-        .values(status="terminated", terminated_at_ns=now, terminated_by=caller.pubkey, updated_at_ns=now)
+        sa.update(c).where(c.c.contract_id == contract_id, sa.or_(c.c.status == "cancelled", ended))
+        .values(status="terminated", terminated_at_ns=now, terminated_by=caller.pubkey, updated_at_ns=now,
+                **_CLEAR_LOCK)
     ).rowcount
     row = load_for_agent(conn, caller, contract_id)
     if got == 1 or row.status == "terminated":
         return {"contractId": contract_id, "status": "terminated", "terminatedAtNs": row.terminated_at_ns,
                 "repeated": got == 0}
-    raise ApiError(409, f"contract is {row.status}, not cancelled: only a cancelled contract's instance is terminated")
+    raise ApiError(409, f"contract is {row.status}, not cancelled or ended: only the instance of a cancelled or "
+                        "ended contract is terminated")
 
 
 def expire_locks(conn: sa.Connection, now: int | None = None) -> int:

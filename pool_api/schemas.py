@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 Region = Literal["europe", "na", "latam", "apac", "mena", "ssa", "cis"]
@@ -127,3 +127,74 @@ class RunningInstance(Body):
 
 class ReconcileRequest(Body):
     running_instances: list[RunningInstance] = Field(max_length=10_000)
+
+
+# --- the contract lifecycle after provisioning (pool_api.instance_health, pool_api.actions) ---
+
+MAX_NS = 2**63 - 1
+HEX64 = r"^[0-9a-fA-F]{64}$"
+SEALED_OVERHEAD = 48  # a SealedBox ciphertext: 32-byte ephemeral key + 16-byte MAC + the message
+
+
+class HealthReport(Body):
+    status: Literal["healthy", "unhealthy", "unknown"]
+    detail: str | None = Field(default=None, max_length=2000)
+    latency_ms: float | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
+    checked_at_ns: int = Field(ge=0, le=MAX_NS)
+
+
+class PasswordResetRequest(Body):
+    recipient_public_key: str = Field(pattern=HEX64)
+
+
+class SshKeyRotationRequest(Body):
+    new_key: str = Field(min_length=1, max_length=16 * 1024)
+
+    @field_validator("new_key")
+    @classmethod
+    def _key_line(cls, value: str) -> str:
+        from pool_api.sshkey import key_line_problem, normalize_key_line
+
+        problem = key_line_problem(value)
+        if problem:
+            raise ValueError(f"not an OpenSSH public key line: {problem}")
+        return normalize_key_line(value)
+
+
+class _Outcome(Body):
+    """A report on a request: its id, and `error` when the agent could not do it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    error: str | None = Field(default=None, min_length=1, max_length=10_000)
+
+
+class PasswordReport(_Outcome):
+    encrypted_password: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @field_validator("encrypted_password")
+    @classmethod
+    def _sealed(cls, value: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if value is None:
+            return value
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64 (a SealedBox ciphertext)") from None
+        if len(raw) <= SEALED_OVERHEAD:
+            raise ValueError("too short for a SealedBox ciphertext of a password")
+        return value
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> "PasswordReport":
+        if (self.encrypted_password is None) == (self.error is None):
+            raise ValueError("send either encryptedPassword or error (exactly one)")
+        return self
+
+
+class SshKeyRotationReport(_Outcome):
+    pass

@@ -27,6 +27,12 @@ class Settings:
         return max(90, 3 * self.heartbeat_seconds) * 1_000_000_000
 
     @property
+    def agent_stale_ns(self) -> int:
+        """An agent without a heartbeat for three heartbeat periods is gone: another agent of its pool takes
+        over the tenant requests (password reset, SSH key) of the contracts it provisioned."""
+        return 3 * self.heartbeat_seconds * 1_000_000_000
+
+    @property
     def nonce_retention_ns(self) -> int:
         """Nonces are kept while a request carrying them could still pass the skew check."""
         return (2 * self.skew_seconds + 60) * 1_000_000_000

@@ -100,7 +100,7 @@ contracts = sa.Table(
     sa.Column("offering_id", sa.String(128), sa.ForeignKey("offerings.offering_id"), nullable=False),
     sa.Column("requester_ssh_pubkey", sa.Text),
     sa.Column("instance_config", Json),
-    # requested | accepted | provisioning | provisioned | cancelled | terminated
+    # requested | accepted | provisioning | provisioned | paused | cancelled | terminated
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("payment_status", sa.String(16), nullable=False),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
@@ -119,11 +119,56 @@ contracts = sa.Table(
     sa.Column("cancelled_at_ns", sa.BigInteger),
     sa.Column("terminated_at_ns", sa.BigInteger),
     sa.Column("terminated_by", sa.String(64)),
+    # Lifecycle after provisioning (migration 0004): the contract's end (None = open-ended), pauses, and the
+    # last health report (its history is in contract_health).
+    sa.Column("ends_at_ns", sa.BigInteger),
+    sa.Column("paused_at_ns", sa.BigInteger),
+    sa.Column("resumed_at_ns", sa.BigInteger),
+    sa.Column("health_status", sa.String(16)),
+    sa.Column("health_detail", sa.Text),
+    sa.Column("health_latency_ms", sa.Float),
+    sa.Column("health_checked_at_ns", sa.BigInteger),
+    sa.Column("health_agent", sa.String(64)),
     # pending-provision: provider + status, oldest first.
     sa.Index(None, "provider_pubkey", "status", "created_at_ns"),
     sa.Index(None, "offering_id"),
     # the lock-expiry sweep
     sa.Index(None, "lock_expires_ns"),
+)
+
+# Every health report of an instance, the newest HEALTH_HISTORY per contract (older ones are deleted on insert).
+contract_health = sa.Table(
+    "contract_health", metadata,
+    # BIGINT on PostgreSQL; INTEGER on SQLite, where only an INTEGER primary key autoincrements (rowid).
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("contract_id", sa.String(64), sa.ForeignKey("contracts.contract_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("checked_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("agent_pubkey", sa.String(64), nullable=False),
+    sa.Column("received_at_ns", sa.BigInteger, nullable=False),
+    sa.Index(None, "contract_id", "id"),
+)
+
+# What the tenant asked of a running instance, relayed to an agent: a password reset (the agent answers
+# with the new password sealed to recipient_public_key; only that ciphertext is stored) or an SSH key
+# rotation. status: pending -> done | failed; a newer password reset supersedes a pending one.
+contract_requests = sa.Table(
+    "contract_requests", metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("contract_id", sa.String(64), sa.ForeignKey("contracts.contract_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # password-reset | ssh-key-rotation
+    sa.Column("status", sa.String(16), nullable=False),  # pending | done | failed | superseded
+    sa.Column("recipient_public_key", sa.String(64)),  # X25519, hex (password-reset)
+    sa.Column("new_key", sa.Text),  # OpenSSH public key line (ssh-key-rotation)
+    sa.Column("encrypted_password", sa.Text),  # base64 SealedBox ciphertext, never the password
+    sa.Column("error", sa.Text),
+    sa.Column("requested_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("completed_at_ns", sa.BigInteger),
+    sa.Column("completed_by", sa.String(64)),
+    sa.Index(None, "contract_id", "kind", "status"),
+    sa.Index(None, "kind", "status"),
 )
 
 request_nonces = sa.Table(

@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from pool_api import agents, offerings, pools, tokens
+from pool_api import agents, instance_health, offerings, pools, tokens
 from pool_api.db import now_ns
 from pool_api.errors import ApiError, describe_validation_errors
 from pool_api.pages import auth, format as fmt
@@ -244,7 +244,8 @@ async def pool_page(request: Request, pool_id: str) -> Response:
         with ctx.engine.begin() as conn:
             detail = pools.pool_detail(conn, ctx.provider, pool_id, ctx.settings.online_window_ns)
             pending = tokens.list_pending(conn, pool_id)
-        return ctx.render("pool.html", pool=detail, tokens=pending)
+            instances = instance_health.pool_contracts(conn, ctx.provider, pool_id)
+        return ctx.render("pool.html", pool=detail, tokens=pending, contracts=instances)
 
     return await _page(request, view)
 

@@ -1,0 +1,64 @@
+"""Pause and resume a provisioned contract (the tenant's or the provider's choice).
+
+A pause keeps the contract and its instance: reconcile lists the instance under `pause`, so the agent
+stops it and keeps its disk; a resume makes the contract provisioned again, reconcile lists the
+instance under `keep`, and the agent starts what it stopped. Each change is one conditional UPDATE;
+asking for the state the contract is already in is 200 `repeated: true`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from pool_api.contracts import contract_json, get_contract, has_ended, not_ended
+from pool_api.db import now_ns
+from pool_api.errors import ApiError
+from pool_api.tables import contracts as c
+
+
+def _owned(conn: sa.Connection, contract_id: str, provider_pubkey: str | None) -> Any:
+    """The contract; 404 when unknown or (for a provider) another provider's."""
+    row = get_contract(conn, contract_id)
+    if provider_pubkey is not None and row.provider_pubkey != provider_pubkey:
+        raise ApiError(404, "unknown contract")
+    return row
+
+
+def _answer(row: Any, repeated: bool) -> dict[str, Any]:
+    out = contract_json(row)
+    return {"contractId": out["contractId"], "status": out["status"], "pausedAtNs": out["pausedAtNs"],
+            "resumedAtNs": out["resumedAtNs"], "repeated": repeated}
+
+
+def pause(conn: sa.Connection, contract_id: str, provider_pubkey: str | None = None) -> dict[str, Any]:
+    """provisioned -> paused; only a provisioned contract that has not ended can be paused."""
+    _owned(conn, contract_id, provider_pubkey)
+    now = now_ns()
+    got = conn.execute(
+        sa.update(c).where(c.c.contract_id == contract_id, c.c.status == "provisioned", not_ended(now))
+        .values(status="paused", paused_at_ns=now, updated_at_ns=now)
+    ).rowcount
+    row = get_contract(conn, contract_id)
+    if got == 1 or (row.status == "paused" and not has_ended(row, now)):
+        return _answer(row, repeated=got == 0)
+    if has_ended(row, now):
+        raise ApiError(409, f"contract ended (endsAtNs {row.ends_at_ns}); it cannot be paused")
+    raise ApiError(409, f"only a provisioned contract can be paused (this one is {row.status})")
+
+
+def resume(conn: sa.Connection, contract_id: str, provider_pubkey: str | None = None) -> dict[str, Any]:
+    """paused -> provisioned; resuming a provisioned contract is a repeat."""
+    _owned(conn, contract_id, provider_pubkey)
+    now = now_ns()
+    got = conn.execute(
+        sa.update(c).where(c.c.contract_id == contract_id, c.c.status == "paused", not_ended(now))
+        .values(status="provisioned", resumed_at_ns=now, updated_at_ns=now)
+    ).rowcount
+    row = get_contract(conn, contract_id)
+    if got == 1 or (row.status == "provisioned" and not has_ended(row, now)):
+        return _answer(row, repeated=got == 0)
+    if has_ended(row, now):
+        raise ApiError(409, f"contract ended (endsAtNs {row.ends_at_ns}); it cannot be resumed")
+    raise ApiError(409, f"only a paused contract can be resumed (this one is {row.status})")
