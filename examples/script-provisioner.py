@@ -9,6 +9,10 @@ documentation range 192.0.2.0/24 (never contacted). Replace the body of `provisi
     find        {"contractId"} on stdin -> the instance made for it, or null
     list        nothing on stdin        -> [{"externalId", "contractId"}, ...]
     terminate   {"externalId"} on stdin -> exit 0 once it is gone
+    health      {"externalId"} on stdin -> {"status": "healthy"|"unhealthy"|"unknown", "detail": "..."}
+    stop, start {"externalId"} on stdin -> exit 0 once stopped / running (the record's "state")
+    reset_password  {"externalId", "username", "password"} on stdin -> exit 0 (only a SHA-256 is kept)
+    rotate_ssh_key  {"externalId", "newKey", "oldKey"} on stdin     -> exit 0 (the record's "sshKeys")
 
 Configure it in the agent's config (paths absolute, or relative to the config file):
 
@@ -17,7 +21,11 @@ Configure it in the agent's config (paths absolute, or relative to the config fi
     find_command      = ["python3", "/path/to/script-provisioner.py", "find", "--dir", "/srv/demo-vms"]
     list_command      = ["python3", "/path/to/script-provisioner.py", "list", "--dir", "/srv/demo-vms"]
     terminate_command = ["python3", "/path/to/script-provisioner.py", "terminate", "--dir", "/srv/demo-vms"]
+    health_command    = ["python3", "/path/to/script-provisioner.py", "health", "--dir", "/srv/demo-vms"]
+    # likewise stop_command, start_command, reset_password_command, rotate_ssh_key_command
 
+An instance that was never stopped has no "state" (it counts as running) and no "sshKeys" until the
+first rotation: the provision record stays exactly as it was before these commands existed.
 Options: --delay SECONDS (simulated work, default 1), --log FILE (one line per call, appended with a
 single O_APPEND write under flock, so several agents can share it), --fail-every N (fail the N-th,
 2N-th, ... provision of this directory, for trying failure handling). `AGENT_NAME` from the
@@ -116,16 +124,65 @@ def terminate(args: argparse.Namespace) -> int:
     return 0
 
 
+def instance_record(directory: Path, external_id: str) -> tuple[Path, dict] | None:
+    """The record file and data of the instance named `external_id`, or None."""
+    for path in directory.glob("*.json"):
+        data = json.loads(path.read_text())
+        if data["details"]["externalId"] == external_id:
+            return path, data
+    return None
+
+
+def update_record(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def health(args: argparse.Namespace) -> int:
+    found = instance_record(args.dir, str(json.load(sys.stdin)["externalId"]))
+    if found is None:
+        print(json.dumps({"status": "unhealthy", "detail": "no such instance"}))
+    elif found[1].get("state", "running") == "running":
+        print(json.dumps({"status": "healthy", "detail": "running"}))
+    else:
+        print(json.dumps({"status": "unhealthy", "detail": found[1]["state"]}))
+    return 0
+
+
+def change(args: argparse.Namespace) -> int:
+    """stop, start, reset_password, rotate_ssh_key: change the instance's record; exit 1 if it is unknown."""
+    request = json.load(sys.stdin)
+    found = instance_record(args.dir, str(request["externalId"]))
+    if found is None:
+        print(f"no instance {request['externalId']!r}", file=sys.stderr)
+        return 1
+    path, data = found
+    if args.action in ("stop", "start"):
+        data["state"] = "stopped" if args.action == "stop" else "running"
+    elif args.action == "reset_password":  # keep a hash to show it arrived, never the password itself
+        data["passwords"] = {**data.get("passwords", {}), str(request.get("username") or "root"):
+                             hashlib.sha256(str(request["password"]).encode()).hexdigest()}
+    else:
+        keys = [k for k in data.get("sshKeys", []) if k not in (request.get("oldKey"), request["newKey"])]
+        data["sshKeys"] = [*keys, request["newKey"]]
+    update_record(path, data)
+    record(args.log, args.action, "done", data["contractId"])
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["provision", "find", "list", "terminate"])
+    parser.add_argument("action", choices=["provision", "find", "list", "terminate", "health", "stop", "start",
+                                           "reset_password", "rotate_ssh_key"])
     parser.add_argument("--dir", type=Path, required=True, help="where the pretend instances live")
     parser.add_argument("--delay", type=float, default=1.0)
     parser.add_argument("--log", default=None)
     parser.add_argument("--fail-every", type=int, default=0)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    return {"provision": provision, "find": find, "list": list_instances, "terminate": terminate}[args.action](args)
+    actions = {"provision": provision, "find": find, "list": list_instances, "terminate": terminate, "health": health}
+    return actions.get(args.action, change)(args)
 
 
 if __name__ == "__main__":

@@ -178,10 +178,17 @@ class Lifecycle:
 
 
 def capabilities(driver: object) -> list[str]:
-    """The lifecycle actions `driver` overrides (for heartbeats and `status`): health, pause, password, ssh_key."""
+    """The lifecycle actions `driver` overrides (for heartbeats and `status`): health, pause, password, ssh_key.
+
+    A driver whose support depends on its settings (the script driver: one command per action) also
+    defines `lifecycle_configured(method) -> bool`; an overridden method it says is not configured counts
+    as unsupported.
+    """
+    configured = getattr(driver, "lifecycle_configured", None)
+
     def overrides(name: str) -> bool:
         impl = getattr(type(driver), name, None)
-        return impl is not None and impl is not getattr(Lifecycle, name)
+        return impl is not None and impl is not getattr(Lifecycle, name) and (configured is None or configured(name))
     caps = ["provision"]
     if overrides("check_instance"):
         caps.append("health")

@@ -3,16 +3,21 @@
 Configuration (`[provisioner.script]`)::
 
     command = ["/usr/local/bin/provision-vm", "--flag"]   # argv, never a shell string (required)
+    protocol = "native"                                    # or "rust": the Rust dc-agent 0.6's scripts
     timeout_seconds = 900                                  # the whole process group is killed after it
     terminate_command = ["/usr/local/bin/terminate-vm"]    # optional: reconcile and clean-up
     list_command = ["/usr/local/bin/list-vms"]             # optional: reconcile
     find_command = ["/usr/local/bin/find-vm"]              # optional: adopt after a crash
-    query_timeout_seconds = 60                             # timeout of find/list/terminate
+    health_command = ["/usr/local/bin/vm-health"]          # optional: instance health
+    stop_command / start_command = [...]                   # optional: pause and resume (both needed)
+    reset_password_command = [...]                         # optional: set a login password
+    rotate_ssh_key_command = [...]                         # optional: replace an SSH key
+    query_timeout_seconds = 60                             # timeout of every command but `command`
     kill_grace_seconds = 5                                 # SIGTERM, then SIGKILL after this
     env = { SOME_VAR = "value" }                           # extra environment for every command
 
-Interface of the commands (each runs in its own session/process group, so a timeout or a cancel kills
-the script and everything it started):
+Interface of the commands in the native protocol (each runs in its own session/process group, so a
+timeout or a cancel kills the script and everything it started; JSON on stdin, never on the command line):
 
 * `command`: the contract as JSON on stdin (PROTOCOL.md field names). On success it exits 0 and prints
   the instance details as one JSON object on stdout, e.g.
@@ -23,111 +28,87 @@ the script and everything it started):
   that contract, or `null` / nothing when there is none.
 * `list_command`: prints a JSON array of `{"externalId": ..., "contractId": ...}`.
 * `terminate_command`: `{"externalId": ...}` on stdin; exit 0 when the instance is gone (or was).
+* `health_command`: `{"externalId"}`; prints `{"status": "healthy"|"unhealthy"|"unknown", "detail": "..."}`.
+* `stop_command`, `start_command`: `{"externalId"}`; exit 0 once stopped (disk kept) / running.
+* `reset_password_command`: `{"externalId", "username", "password"}` (username null: the image's user),
+  on stdin only; the password is never on a command line, in the environment or in a message.
+* `rotate_ssh_key_command`: `{"externalId", "newKey", "oldKey"}` (oldKey null: just add newKey).
 
-Every command also gets `DC_AGENT_ACTION` (provision, find, list, terminate), `DC_AGENT_CONTRACT_ID` and
-`DC_AGENT_EXTERNAL_ID` where they apply.
+With `protocol = "rust"`, `command`, `terminate_command` and `health_command` are the Rust agent's
+`provision`, `terminate` and `health_check` scripts and speak its protocol (:mod:`provisioners.script_rust`);
+every other command keeps the native protocol, since the Rust one has no such action. The Rust protocol
+cannot look an instance up by contract, so without a (native) `find_command` nothing is adopted after a
+crash: adoption then depends on the provision script itself returning the instance it already made for
+a `contract_id` it is given again, and a run killed by a timeout leaves what it made to reconcile.
+
+Every command also gets `DC_AGENT_ACTION` (provision, find, list, terminate, health, stop, start,
+reset_password, rotate_ssh_key), `DC_AGENT_CONTRACT_ID` and `DC_AGENT_EXTERNAL_ID` where they apply.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from provisioners import script_rust
 from provisioners.base import (
+    HEALTH_STATUSES,
     Cancelled,
     ConfigError,
     Contract,
     Health,
     Instance,
     InstanceDetails,
+    InstanceHealth,
     Lifecycle,
     ProvisionError,
+    Unsupported,
 )
+from provisioners.process import (  # noqa: F401  (kill_group, DIE_WITH_AGENT: imported from here before)
+    DIE_WITH_AGENT,
+    NEVER,
+    Finished,
+    json_output,
+    kill_group,
+    last_lines,
+    run_in_group,
+)
+from provisioners.script_runs import RunRecords
 
-KNOWN_KEYS = {"command", "timeout_seconds", "terminate_command", "list_command", "find_command",
-              "query_timeout_seconds", "kill_grace_seconds", "env", "state_dir"}
+PROTOCOLS = ("native", "rust")
+# Lifecycle method -> (the setting that enables it, DC_AGENT_ACTION, what it does, for messages)
+LIFECYCLE = {
+    "check_instance": ("health_command", "health", "check an instance's health"),
+    "stop": ("stop_command", "stop", "stop (pause) an instance"),
+    "start": ("start_command", "start", "start (resume) an instance"),
+    "set_password": ("reset_password_command", "reset_password", "reset a password"),
+    "rotate_ssh_key": ("rotate_ssh_key_command", "rotate_ssh_key", "rotate SSH keys"),
+}
+COMMAND_KEYS = ("command", "terminate_command", "list_command", "find_command",
+                *(key for key, _action, _what in LIFECYCLE.values()))
+KNOWN_KEYS = {*COMMAND_KEYS, "protocol", "timeout_seconds", "query_timeout_seconds", "kill_grace_seconds",
+              "env", "state_dir"}
 STDERR_TAIL_LINES = 10
-PIPE_GRACE_SECONDS = 2.0  # after the command exits, how long its background children may hold its output
-_NEVER = threading.Event()
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), to tell a pid from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _die_with_agent_prefix() -> list[str]:
-    """argv prefix that makes a command die (SIGKILL) when the agent process that started it dies.
-
-    A run starts in its own session, so a SIGKILLed agent would leave it running; if the contract's
-    lease then ran out before the agent came back, another agent could provision the same contract
-    while the orphan finished. util-linux's setpriv sets the parent-death signal and execs the command
-    (same pid); without setpriv the next agent start still stops orphans (recover_orphans).
-    """
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _reap_foreign(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def kill_group(pgid: int, grace: float, reap: Callable[[], object] | None = None) -> None:
-    """SIGTERM the process group, then SIGKILL it if anything is still there after `grace` seconds.
-
-    `reap` collects the group leader when it is our child (`Popen.poll`), so that a zombie leader does
-    not make the group look alive.
-    """
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        (reap or (lambda: _reap_foreign(pgid)))()
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-_DIE_WITH_AGENT = _die_with_agent_prefix()
+MASK = "***"
 
 
 class ScriptProvisioner(Lifecycle):
     """Runs the provider's commands; see the module docstring for their interface."""
 
     name = "script"
+    command: list[str]
+    terminate_command: list[str] | None
+    list_command: list[str] | None
+    find_command: list[str] | None
+    health_command: list[str] | None
+    stop_command: list[str] | None
+    start_command: list[str] | None
+    reset_password_command: list[str] | None
+    rotate_ssh_key_command: list[str] | None
 
     def __init__(self, settings: dict[str, Any], config_path: Path | str | None = None) -> None:
         self._base = Path(config_path).expanduser().absolute().parent if config_path else Path.cwd()
@@ -135,10 +116,12 @@ class ScriptProvisioner(Lifecycle):
         if unknown:
             raise ConfigError(f"[provisioner.script] {sorted(unknown)[0]} is not a known key; "
                               f"known keys: {', '.join(sorted(KNOWN_KEYS - {'state_dir'}))}")
-        self.command = self._argv(settings, "command", required=True)
-        self.terminate_command = self._argv(settings, "terminate_command")
-        self.list_command = self._argv(settings, "list_command")
-        self.find_command = self._argv(settings, "find_command")
+        self.protocol = settings.get("protocol", "native")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"[provisioner.script] protocol = {self.protocol!r} is not known; use \"native\" "
+                              "(dc-agent's) or \"rust\" (the scripts of the Rust dc-agent 0.6)")
+        for key in COMMAND_KEYS:  # self.command, self.find_command, ... self.health_command, ...
+            setattr(self, key, self._argv(settings, key, required=key == "command"))
         self.timeout_seconds = self._number(settings, "timeout_seconds", 900.0)
         self.query_timeout_seconds = self._number(settings, "query_timeout_seconds", 60.0)
         self.kill_grace_seconds = self._number(settings, "kill_grace_seconds", 5.0, allow_zero=True)
@@ -148,6 +131,11 @@ class ScriptProvisioner(Lifecycle):
         self.extra_env = dict(env)
         state_dir = settings.get("state_dir")
         self.runs_dir = Path(state_dir) / "running" if state_dir else None
+        self._runs = RunRecords(self.runs_dir, self.kill_grace_seconds) if self.runs_dir else None
+
+    @property
+    def rust(self) -> bool:
+        return self.protocol == "rust"
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -182,124 +170,47 @@ class ScriptProvisioner(Lifecycle):
         env = {**os.environ, **self.extra_env, "DC_AGENT_ACTION": action}
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # a script never talks to systemd for us
             env.pop(name, None)
-        if self.runs_dir is not None:  # marks every process of ours, children included, for recover_orphans
-            env["DC_AGENT_RUN_DIR"] = str(self.runs_dir)
+        if self._runs is not None:  # marks every process of ours, children included, for recover_orphans
+            env.update(self._runs.mark())
         if contract_id is not None:
             env["DC_AGENT_CONTRACT_ID"] = contract_id
         if external_id is not None:
             env["DC_AGENT_EXTERNAL_ID"] = external_id
         return env
 
-    def _record_run(self, contract_id: str, pid: int) -> Path | None:
-        if self.runs_dir is None:
-            return None
-        from dc_agent.fsutil import atomic_write  # small, stdlib-only
-
-        import hashlib
-
-        path = self.runs_dir / f"{hashlib.sha256(contract_id.encode()).hexdigest()[:12]}-{pid}.json"
-        atomic_write(path, json.dumps({"contractId": contract_id, "pid": pid,
-                                       "start": _proc_start_time(pid)}).encode(), durable=False)
-        return path
-
     def _run(self, argv: list[str], payload: Any, *, action: str, timeout: float,
-             cancel: threading.Event = _NEVER, contract_id: str | None = None,
-             external_id: str | None = None) -> tuple[int, str, str]:
-        """Run `argv` in a new session with `payload` as JSON on stdin: (exit status, stdout, stderr)."""
-        what = os.path.basename(argv[0])
-        env = self._env(action, contract_id, external_id)
-        if _DIE_WITH_AGENT:  # setpriv execs the command: find out here, not from its exit status, if it can
-            program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
-            if not program or not os.path.isfile(program):
-                raise ProvisionError(f"cannot start {action} command {argv[0]!r}: No such file or directory")
-            if not os.access(program, os.X_OK):
-                raise ProvisionError(f"cannot start {action} command {argv[0]!r}: Permission denied (not executable)")
-        try:
-            proc = subprocess.Popen([*_DIE_WITH_AGENT, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=str(self._base))
-        except OSError as exc:
-            raise ProvisionError(f"cannot start {action} command {argv[0]!r}: {exc.strerror or exc}") from None
-        record = self._record_run(contract_id, proc.pid) if action == "provision" and contract_id else None
-        stdin = json.dumps(payload).encode()
-        deadline = time.monotonic() + timeout
-        first = True
-        exited_at: float | None = None
-        try:
-            while True:
-                try:
-                    out, err = proc.communicate(input=stdin if first else None, timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired as exc:
-                    first = False
-                    if proc.poll() is not None:
-                        exited_at = exited_at or time.monotonic()
-                        if time.monotonic() - exited_at >= PIPE_GRACE_SECONDS:
-                            # The command exited, but something it started in the background still holds
-                            # its stdout/stderr open: take what it printed and stop reading.
-                            out, err = exc.output or b"", exc.stderr or b""
-                            for pipe in (proc.stdout, proc.stderr):
-                                with contextlib.suppress(OSError):
-                                    pipe.close()  # type: ignore[union-attr]
-                            break
-                if cancel.is_set():
-                    self._stop(proc)
-                    raise Cancelled(f"{action} of {what} cancelled; its process group was killed")
-                if time.monotonic() >= deadline:
-                    self._stop(proc)
-                    err_tail = self._tail(proc)
-                    raise ProvisionError(f"{what} timed out after {timeout:g} s ({action}); its process group "
-                                         f"was killed{': ' + err_tail if err_tail else ''}")
-        finally:
-            if record is not None:
-                record.unlink(missing_ok=True)
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+             cancel: threading.Event = NEVER, contract_id: str | None = None,
+             external_id: str | None = None, check: bool = True) -> Finished:
+        """Run `argv` in a new session with `payload` as JSON on stdin; with `check`, a non-zero exit raises."""
+        import json
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
-        kill_group(proc.pid, self.kill_grace_seconds, reap=proc.poll)
-        try:
-            proc.wait(timeout=self.kill_grace_seconds + 5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
+        record = None
+        if action == "provision" and contract_id and self._runs is not None:
+            runs = self._runs
+            record = lambda pid: runs.record(contract_id, pid)  # noqa: E731
+        result = run_in_group(argv, json.dumps(payload).encode(), env=self._env(action, contract_id, external_id),
+                              cwd=str(self._base), timeout=timeout, kill_grace=self.kill_grace_seconds,
+                              action=action, cancel=cancel, started=record)
+        if check and result.returncode != 0:
+            raise self._failed(argv, action, result.returncode, result.stderr)
+        return result
 
     @staticmethod
-    def _tail(proc: subprocess.Popen[bytes]) -> str:
-        try:
-            _out, err = proc.communicate(timeout=1)
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            return ""
-        return ScriptProvisioner._last_lines(err.decode("utf-8", "replace"))
-
-    @staticmethod
-    def _last_lines(text: str, n: int = STDERR_TAIL_LINES) -> str:
-        from dc_agent.redact import redact_text
-
-        lines = deque((line.rstrip() for line in text.splitlines() if line.strip()), maxlen=n)
-        joined = " | ".join(lines)
-        return redact_text(joined[-1500:])
-
-    def _failed(self, argv: list[str], action: str, status: int, stderr: str) -> ProvisionError:
+    def _failed(argv: list[str], action: str, status: int, stderr: str) -> ProvisionError:
         what = os.path.basename(argv[0])
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-        tail = self._last_lines(stderr)
+        tail = last_lines(stderr, STDERR_TAIL_LINES)
         return ProvisionError(f"{what} ({action}) {how}" + (f": {tail}" if tail else " (no stderr)"))
 
     @staticmethod
-    def _parse_json(text: str) -> Any:
-        """The whole of stdout as JSON, else its last non-empty line; raises ValueError."""
-        stripped = text.strip()
-        if not stripped:
-            raise ValueError("empty")
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            last = stripped.splitlines()[-1]
-            return json.loads(last)
+    def _label(argv: list[str], action: str) -> str:
+        return f"{os.path.basename(argv[0])} ({action})"
 
     def _details(self, argv: list[str], action: str, stdout: str) -> InstanceDetails:
         what = os.path.basename(argv[0])
         snippet = stdout.strip()[:200] or "nothing"
         try:
-            data = self._parse_json(stdout)
+            data = json_output(stdout)
         except ValueError:
             raise ProvisionError(f"{what} ({action}) exited 0 but its stdout is not the expected JSON object "
                                  f"with the instance details (got: {snippet!r})") from None
@@ -318,16 +229,19 @@ class ScriptProvisioner(Lifecycle):
     # -- the Provisioner interface ----------------------------------------------------------------
 
     def provision(self, contract: Contract, cancel: threading.Event) -> InstanceDetails:
+        payload = script_rust.provision_input(contract) if self.rust else contract.to_api()
         try:
-            status, out, err = self._run(self.command, contract.to_api(), action="provision",
-                                         timeout=self.timeout_seconds, cancel=cancel,
-                                         contract_id=contract.contract_id)
-        except ProvisionError:
+            result = self._run(self.command, payload, action="provision", timeout=self.timeout_seconds,
+                               cancel=cancel, contract_id=contract.contract_id, check=False)
+        except ProvisionError:  # killed (timeout, cancel) or never started: it may have left something
             self._clean_up(contract.contract_id)
             raise
-        if status != 0:
-            raise self._failed(self.command, "provision", status, err)
-        return self._details(self.command, "provision", out)
+        if result.returncode != 0:
+            raise self._failed(self.command, "provision", result.returncode, result.stderr)
+        if self.rust:
+            label = self._label(self.command, "provision")
+            return script_rust.instance_details(script_rust.reply(result.stdout, label), label)
+        return self._details(self.command, "provision", result.stdout)
 
     def _clean_up(self, contract_id: str) -> None:
         """After a kill: remove what the script may have made, when find and terminate commands exist."""
@@ -341,24 +255,21 @@ class ScriptProvisioner(Lifecycle):
             pass
 
     def find(self, contract_id: str) -> InstanceDetails | None:
+        """The instance made for `contract_id` (native `find_command`); None without one (see the docstring)."""
         if not self.find_command:
             return None
-        status, out, err = self._run(self.find_command, {"contractId": contract_id}, action="find",
-                                     timeout=self.query_timeout_seconds, contract_id=contract_id)
-        if status != 0:
-            raise self._failed(self.find_command, "find", status, err)
-        if not out.strip() or out.strip() == "null":
+        result = self._run(self.find_command, {"contractId": contract_id}, action="find",
+                           timeout=self.query_timeout_seconds, contract_id=contract_id)
+        if not result.stdout.strip() or result.stdout.strip() == "null":
             return None
-        return self._details(self.find_command, "find", out)
+        return self._details(self.find_command, "find", result.stdout)
 
     def list_instances(self) -> list[Instance]:
         if not self.list_command:
             return []
-        status, out, err = self._run(self.list_command, {}, action="list", timeout=self.query_timeout_seconds)
-        if status != 0:
-            raise self._failed(self.list_command, "list", status, err)
+        out = self._run(self.list_command, {}, action="list", timeout=self.query_timeout_seconds).stdout
         try:
-            data = self._parse_json(out) if out.strip() else []
+            data = json_output(out) if out.strip() else []
         except ValueError:
             data = None
         if not isinstance(data, list) or not all(isinstance(d, dict) and d.get("externalId") for d in data):
@@ -370,17 +281,16 @@ class ScriptProvisioner(Lifecycle):
     def terminate(self, external_id: str) -> None:
         if not self.terminate_command:
             raise ProvisionError("cannot terminate: [provisioner.script] terminate_command is not set")
-        status, _out, err = self._run(self.terminate_command, {"externalId": external_id}, action="terminate",
-                                      timeout=self.query_timeout_seconds, external_id=external_id)
-        if status != 0:
-            raise self._failed(self.terminate_command, "terminate", status, err)
+        payload = script_rust.instance_input("terminate", external_id) if self.rust else {"externalId": external_id}
+        result = self._run(self.terminate_command, payload, action="terminate",
+                           timeout=self.query_timeout_seconds, external_id=external_id)
+        if self.rust:
+            script_rust.reply(result.stdout, self._label(self.terminate_command, "terminate"))
 
     def health(self) -> Health:
-        import shutil
-
         checks: dict[str, bool] = {}
         problems = []
-        for key in ("command", "terminate_command", "list_command", "find_command"):
+        for key in COMMAND_KEYS:
             argv = getattr(self, key)
             if not argv:
                 continue
@@ -391,55 +301,79 @@ class ScriptProvisioner(Lifecycle):
                 problems.append(f"{key}: {exe} is not an executable file")
         if problems:
             return Health(ok=False, detail="; ".join(problems), checks=checks)
-        return Health(ok=True, detail=f"{os.path.basename(self.command[0])} is executable", checks=checks)
+        protocol = " (Rust protocol)" if self.rust else ""
+        return Health(ok=True, detail=f"{os.path.basename(self.command[0])} is executable{protocol}", checks=checks)
+
+    # -- lifecycle (each enabled by its own setting) ------------------------------------------------
+
+    def lifecycle_configured(self, method: str) -> bool:
+        """Whether the setting that enables lifecycle `method` is set (for base.capabilities)."""
+        return method in LIFECYCLE and bool(getattr(self, LIFECYCLE[method][0]))
+
+    def _lifecycle(self, method: str, payload: dict[str, Any], external_id: str, secret: str | None = None) -> Finished:
+        key, action, what = LIFECYCLE[method]
+        argv = getattr(self, key)
+        if not argv:
+            raise Unsupported(f"the script driver cannot {what}: set [provisioner.script] {key} (see the README)")
+        try:
+            return self._run(argv, payload, action=action, timeout=self.query_timeout_seconds,
+                             external_id=external_id)
+        except ProvisionError as exc:
+            if secret and secret in str(exc):  # a script that echoed it: never let it reach a log
+                raise ProvisionError(str(exc).replace(secret, MASK)) from None
+            raise
+
+    def check_instance(self, external_id: str) -> InstanceHealth:
+        """The instance's health from `health_command`; a check that fails or answers oddly is "unknown"."""
+        if not self.health_command:
+            return InstanceHealth("unknown", "no health check: set [provisioner.script] health_command")
+        started = time.monotonic()
+        payload = script_rust.instance_input("health_check", external_id) if self.rust else {"externalId": external_id}
+        label = self._label(self.health_command, "health")
+        try:
+            out = self._lifecycle("check_instance", payload, external_id).stdout
+            health = (script_rust.instance_health(script_rust.reply(out, label), label) if self.rust
+                      else self._health(out, label))
+        except ProvisionError as exc:
+            health = InstanceHealth("unknown", f"health check failed: {exc}"[:500])
+        if health.latency_ms is None:
+            health = InstanceHealth(health.status, health.detail, round((time.monotonic() - started) * 1000, 1))
+        return health
+
+    @staticmethod
+    def _health(stdout: str, label: str) -> InstanceHealth:
+        try:
+            data = json_output(stdout)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("status") not in HEALTH_STATUSES:
+            return InstanceHealth("unknown", f"{label} must print {{\"status\": \"healthy\"|\"unhealthy\"|"
+                                             f"\"unknown\", \"detail\": \"...\"}} (got: {stdout.strip()[:100]!r})")
+        latency = data.get("latencyMs")
+        return InstanceHealth(data["status"], " ".join(str(data.get("detail") or "").split())[:500],
+                              float(latency) if isinstance(latency, (int, float)) and not isinstance(latency, bool)
+                              else None)
+
+    def stop(self, external_id: str) -> None:
+        self._lifecycle("stop", {"externalId": external_id}, external_id)
+
+    def start(self, external_id: str) -> None:
+        self._lifecycle("start", {"externalId": external_id}, external_id)
+
+    def set_password(self, external_id: str, password: str, username: str | None = None) -> None:
+        self._lifecycle("set_password", {"externalId": external_id, "username": username, "password": password},
+                        external_id, secret=password)
+
+    def rotate_ssh_key(self, external_id: str, new_key: str, old_key: str | None = None) -> None:
+        self._lifecycle("rotate_ssh_key", {"externalId": external_id, "newKey": new_key, "oldKey": old_key},
+                        external_id)
 
     # -- crash recovery -----------------------------------------------------------------------------
 
     def recover_orphans(self) -> list[str]:
         """Kill provision runs left by a previous agent process (one that was SIGKILLed mid-run).
 
-        The agent calls this once at start, while it holds the state directory: any run of this driver
-        still alive then belongs to a process that is gone. Runs are found two ways: the records
-        written when each run starts, and the `DC_AGENT_RUN_DIR` mark in the environment of every
-        process a run started (which also covers a kill between starting a run and recording it).
-        Returns the contract ids whose run was stopped; the agent then asks :meth:`find` whether the
-        run had finished making the instance.
+        The agent calls this once at start; it returns the contract ids whose run was stopped, and
+        then asks :meth:`find` whether the run had finished making the instance.
         """
-        if self.runs_dir is None:
-            return []
-        groups: dict[int, str] = {}
-        if self.runs_dir.exists():
-            for path in self.runs_dir.glob("*.json"):
-                try:
-                    record = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    path.unlink(missing_ok=True)
-                    continue
-                pid = int(record.get("pid") or 0)
-                if pid and record.get("start") and _proc_start_time(pid) == record.get("start"):
-                    groups[pid] = str(record.get("contractId"))
-                path.unlink(missing_ok=True)
-        groups.update(self._marked_groups())
-        for pgid in groups:
-            kill_group(pgid, self.kill_grace_seconds)
-        return sorted({cid for cid in groups.values() if cid})
-
-    def _marked_groups(self) -> dict[int, str]:
-        """Process groups of live processes carrying this driver's DC_AGENT_RUN_DIR mark."""
-        mark = f"DC_AGENT_RUN_DIR={self.runs_dir}".encode()
-        found: dict[int, str] = {}
-        me = os.getpid()
-        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-                pgid = os.getpgid(int(entry.name))
-            except (OSError, ProcessLookupError):
-                continue
-            if mark not in environ or pgid == os.getpgid(0):
-                continue
-            contract = next((v.split(b"=", 1)[1].decode(errors="replace") for v in environ
-                             if v.startswith(b"DC_AGENT_CONTRACT_ID=")), "")
-            found.setdefault(pgid, contract)
-        return found
+        return self._runs.recover() if self._runs is not None else []
