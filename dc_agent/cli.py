@@ -63,6 +63,10 @@ def setup(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DC_AGENT_STATE_DIR", show_envvar=True,
                                              help="Outbox and status directory [default: /var/lib/dc-agent as "
                                                   "root; <config dir>/state for a --config elsewhere]."),
+    api_dialect: Optional[str] = typer.Option(
+        None, "--api-dialect", envvar="DC_AGENT_API_DIALECT", show_envvar=True,
+        help="pool-api (our pool server) or decent-cloud (the live Decent Cloud API). Default: detected from the "
+             "setup answer (pool_api says so; the live API does not)."),
     ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", envvar="DC_AGENT_CA_CERT", show_envvar=True,
                                            help="PEM file of a private CA that signed the API's certificate."),
 ) -> None:
@@ -73,7 +77,7 @@ def setup(
     from dc_agent.commands.setup import run_setup
 
     raise typer.Exit(run_setup(token=token, api_url=api_url, config=config, label=label, force=force,
-                               state_dir=state_dir, ca_cert=ca_cert))
+                               state_dir=state_dir, ca_cert=ca_cert, api_dialect=api_dialect))
 
 
 @app.command(short_help="Run the agent (the daemon; --once for one cycle).")

@@ -112,6 +112,15 @@ def _non_negative_number(value: Any) -> float:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("a whole number is required")
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("a non-empty string is required")
@@ -160,6 +169,8 @@ AGENT_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "poll_interval_seconds": (_positive_number, 30.0, "how often to ask for pending contracts"),
     "lock_timeout_seconds": (_positive_number, 300.0, "the server's lock TTL; the lock is renewed every third of it"),
     "max_concurrent": (_positive_int, 2, "contracts provisioned at once"),
+    "failure_retries": (_non_negative_int, 2, "where a failure report is final (decent-cloud), attempts "
+                        "retried locally first"),
     "shutdown_grace_seconds": (_non_negative_number, 60.0, "on SIGTERM, how long running contracts may finish"),
     "reconcile_interval_seconds": (_positive_number, 300.0, "how often to reconcile instances with the server"),
     "request_timeout_seconds": (_positive_number, 30.0, "timeout of one HTTP request"),
@@ -190,6 +201,7 @@ class Settings:
     poll_interval_seconds: float = 30.0
     lock_timeout_seconds: float = 300.0
     max_concurrent: int = 2
+    failure_retries: int = 2
     shutdown_grace_seconds: float = 60.0
     reconcile_interval_seconds: float = 300.0
     request_timeout_seconds: float = 30.0

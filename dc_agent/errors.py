@@ -2,10 +2,12 @@
 
     AgentError                      anything the agent reports to a person
     ├── ConfigFileError             the config file or key is missing or wrong (names file, key, fix)
-    └── ApiError                    a call to pool_api did not succeed (names endpoint and status)
+    └── ApiError                    a call to the API did not succeed (names endpoint and status)
         ├── Unreachable             no HTTP answer: connection refused, DNS, TLS, timeout (retried)
         ├── ServerError             5xx (retried)
-        ├── BadRequest              400 / 422: the agent sent something the server does not accept
+        │   └── UnexpectedAnswer    a 2xx answer of a shape the agent cannot read (not retried at once)
+        ├── BadRequest              400 / 415 / 422: the agent sent something the server does not accept
+        │   └── Refused             a 2xx answer with `success: false` (the live API refuses this way)
         ├── Unauthorized            401: the signature was refused (clock skew, unknown key)
         ├── Forbidden               403: not allowed (revoked agent, not the lock holder)
         ├── NotFound                404: unknown contract, pool or token
@@ -51,8 +53,19 @@ class ServerError(ApiError):
     retryable = True
 
 
+class UnexpectedAnswer(ServerError):
+    """A 2xx answer whose shape the agent cannot read (an HTML page, a missing field); the loop tries again
+    later, the call itself is not repeated at once."""
+
+    retryable = False
+
+
 class BadRequest(ApiError):
-    """400 or 422: the request was not accepted as sent."""
+    """400, 415 or 422: the request was not accepted as sent."""
+
+
+class Refused(BadRequest):
+    """HTTP 200 with `success: false`: the server refused; `detail` is its message."""
 
 
 class Unauthorized(ApiError):
@@ -86,13 +99,25 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+def describe_text(text: str) -> str:
+    """A non-JSON body in one short line: an HTML error page by its title, plain text as it is."""
+    import re
+
+    stripped = text.strip()
+    if stripped[:1] == "<":
+        title = re.search(r"<title[^>]*>(.*?)</title>", stripped, re.I | re.S)
+        return "HTML page" + (f" ({' '.join(title.group(1).split())[:120]})" if title else "") + \
+            " instead of JSON (a proxy or load balancer answered?)"
+    return " ".join(stripped.split())[:200]
+
+
 def error_for_status(endpoint: str, status: int, body: Any) -> ApiError:
     """The agent error for a non-2xx answer; `body` is the decoded JSON envelope or raw text."""
     detail = ""
     if isinstance(body, dict):
         detail = str(body.get("error") or body.get("detail") or "")
     elif isinstance(body, str):
-        detail = body.strip()[:200]
+        detail = describe_text(body)
     if status >= 500:
         cls: type[ApiError] = ServerError
     else:

@@ -25,6 +25,7 @@ COUNTERS = (
     "polls", "poll_errors", "heartbeats", "heartbeat_errors", "locks_acquired", "lock_conflicts",
     "provisioned", "failed", "adopted", "lost_leases", "renewals", "renewal_errors", "reports_sent",
     "report_errors", "cancelled_on_shutdown", "reconciles", "terminated", "reconcile_errors",
+    "outbox_write_errors",
 )
 
 
@@ -34,6 +35,7 @@ class AgentState:
     agent_pubkey: str = ""
     label: str | None = None
     version: str = ""
+    dialect: str = ""
     started_ns: int = field(default_factory=time.time_ns)
     last_poll_ns: int | None = None
     last_heartbeat_ns: int | None = None
@@ -55,6 +57,7 @@ class AgentState:
             "agentPubkey": self.agent_pubkey,
             "label": self.label,
             "version": self.version,
+            "apiDialect": self.dialect,
             "startedNs": self.started_ns,
             "updatedNs": time.time_ns(),
             "lastPollNs": self.last_poll_ns,

@@ -14,7 +14,15 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class ProvisionError(Exception):
-    """Provisioning failed; the message is what the agent reports to the server (no secrets)."""
+    """Provisioning failed; the message is what the agent reports to the server (no secrets).
+
+    `retryable` False says another attempt cannot help (bad contract, missing capability): where a failure
+    report is final, the agent then reports at once instead of trying again first.
+    """
+
+    def __init__(self, *args: object, retryable: bool = True) -> None:
+        super().__init__(*args)
+        self.retryable = retryable
 
 
 class Cancelled(ProvisionError):
@@ -23,6 +31,9 @@ class Cancelled(ProvisionError):
 
 class Unsupported(ProvisionError):
     """The driver cannot do this action; the message names the action and, if any, the setting that enables it."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args, retryable=False)
 
 
 class ConfigError(Exception):
@@ -43,6 +54,7 @@ class Contract:
     provisioner_config: dict[str, Any] | None = None
     instance_config: dict[str, Any] | None = None
     datacenter_country: str | None = None
+    post_provision_script: str | None = None  # the live API's offering script, run by drivers that support it
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Contract":
@@ -72,6 +84,7 @@ class Contract:
             "provisionerConfig": self.provisioner_config,
             "instanceConfig": self.instance_config,
             "datacenterCountry": self.datacenter_country,
+            **({"postProvisionScript": self.post_provision_script} if self.post_provision_script else {}),
         }
 
 

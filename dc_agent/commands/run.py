@@ -35,7 +35,7 @@ def run_agent(*, config: Path | None, overrides: dict[str, Any], once: bool, log
         return EXIT_CONFIG
 
     from dc_agent import log as logmod
-    from dc_agent.client import ApiClient
+    from dc_agent.api import connect
     from dc_agent.keys import loose_permissions
     from dc_agent.loop import Agent
     from dc_agent.outbox import Outbox
@@ -60,8 +60,7 @@ def run_agent(*, config: Path | None, overrides: dict[str, Any], once: bool, log
         return EXIT_CONFIG
 
     async def main() -> tuple[int, bool]:
-        client = ApiClient(settings.api_url, key, settings.provider_pubkey,
-                           timeout=settings.request_timeout_seconds, ca_cert=settings.ca_cert)
+        client = connect(settings, key)
         agent = Agent(settings, client, driver, outbox=Outbox(settings.state_dir),
                       state=AgentState(settings.state_dir), log=log)
         try:

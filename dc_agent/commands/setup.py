@@ -34,11 +34,17 @@ def _explain(exc: ApiError, api_url: str) -> str:
     return str(exc)
 
 
+def detect_dialect(info: dict[str, object]) -> str:
+    """pool_api says `apiDialect` in its setup answer; the live Decent Cloud API sends no such field."""
+    said = info.get("apiDialect")
+    return str(said) if said in ("pool-api", "decent-cloud") else "decent-cloud"
+
+
 def run_setup(*, token: str, api_url: str, config: Path | None, label: str | None, force: bool,
-              state_dir: Path | None, ca_cert: Path | None) -> int:
+              state_dir: Path | None, ca_cert: Path | None, api_dialect: str | None = None) -> int:
     from dc_agent import config as cfg
     from dc_agent import keys
-    from dc_agent.client import register
+    from dc_agent.api.http import register
     from dc_agent.fsutil import atomic_write, ensure_dir
 
     config_path = cfg.resolve_config_path(config).absolute()
@@ -47,6 +53,9 @@ def run_setup(*, token: str, api_url: str, config: Path | None, label: str | Non
     token = token.strip()
     if not token:
         fail("setup", "--token is empty; paste the token from the pool's 'Add agent' dialog")
+        return EXIT_FAILURE
+    if api_dialect is not None and api_dialect not in cfg.API_DIALECTS:
+        fail("setup", f"--api-dialect {api_dialect!r}: use one of {', '.join(cfg.API_DIALECTS)}")
         return EXIT_FAILURE
     try:
         api_url = cfg._url(api_url)
@@ -96,14 +105,22 @@ def run_setup(*, token: str, api_url: str, config: Path | None, label: str | Non
         clean_up()
         raise
 
-    provider = str(info.get("providerPubkey") or "")
+    provider = str(info.get("providerPubkey") or "").lower()
     pool_id = str(info.get("poolId") or "")
     kind = str(info.get("provisionerType") or "script")
+    dialect = api_dialect or detect_dialect(info)
+    try:
+        cfg._hex_key(provider)
+    except ValueError:
+        clean_up()
+        fail("setup", f"POST /agents/setup answered without a valid providerPubkey ({provider[:80]!r}); "
+                      "is --api-url the marketplace API? The token may be used up now: create a new one")
+        return EXIT_FAILURE
     try:
         text = cfg.render(api_url=api_url, provider_pubkey=provider, pool_id=pool_id,
                           pool_name=info.get("poolName"), label=label or socket.gethostname(),
                           private_key_path=key_path, state_dir=state, provisioner_type=kind,
-                          ca_cert=str(ca_cert.absolute()) if ca_cert else None)
+                          ca_cert=str(ca_cert.absolute()) if ca_cert else None, api_dialect=dialect)
         os.replace(pending_key, key_path)
         atomic_write(config_path, text.encode(), mode=0o600)
     except OSError as exc:
@@ -113,7 +130,7 @@ def run_setup(*, token: str, api_url: str, config: Path | None, label: str | Non
         return EXIT_FAILURE
 
     print(f"Registered agent {pubkey[:16]}… in pool {info.get('poolName') or pool_id} "
-          f"({info.get('poolLocation') or '?'}) of provider {provider[:16]}….")
+          f"({info.get('poolLocation') or '?'}) of provider {provider[:16]}…, speaking the {dialect} API.")
     print(f"  config: {config_path} (0600)\n  key:    {key_path} (0600)\n  state:  {state}")
     print("Next steps:")
     print(f"  1. Configure the {kind} provisioner: edit [provisioner.{kind}] in {config_path}"

@@ -130,23 +130,24 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _probe_api(settings: Any, key: Any, active: int) -> dict[str, Any]:
-    from dc_agent.client import ApiClient
+    from dc_agent.api import HeartbeatInfo, connect
     from dc_agent.errors import ApiError, ConfigFileError, Forbidden, ServerError, Unauthorized, Unreachable
 
-    out: dict[str, Any] = {"url": settings.api_url, "reachable": False, "signatureAccepted": False}
+    out: dict[str, Any] = {"url": settings.api_url, "dialect": settings.api_dialect, "reachable": False,
+                           "signatureAccepted": False}
     try:
-        client = ApiClient(settings.api_url, key, settings.provider_pubkey, timeout=min(10.0, settings.request_timeout_seconds),
-                           ca_cert=settings.ca_cert)
+        client = connect(settings, key, timeout=min(10.0, settings.request_timeout_seconds))
     except ConfigFileError as exc:
         out["error"] = str(exc)
         return out
     started = time.monotonic()
     try:
-        data = await client.heartbeat(version=__version__, provisioner_type=settings.provisioner_type,
-                                      active_contracts=active, capacity={"maxConcurrent": settings.max_concurrent},
-                                      policy="status")
-        out.update(reachable=True, signatureAccepted=True, poolName=data.get("poolName"),
-                   nextHeartbeatSeconds=data.get("nextHeartbeatSeconds"))
+        answer = await client.heartbeat(HeartbeatInfo(
+            version=__version__, provisioner_type=settings.provisioner_type, active_contracts=active,
+            max_concurrent=settings.max_concurrent, free_slots=max(0, settings.max_concurrent - active)),
+            policy="status")
+        out.update(reachable=True, signatureAccepted=True, poolName=answer.pool_name,
+                   nextHeartbeatSeconds=answer.next_heartbeat_seconds)
     except Unreachable as exc:
         out["error"] = f"API not reachable at {settings.api_url}: {exc.detail}; check the network, DNS, firewall, TLS"
     except (Unauthorized, Forbidden) as exc:
@@ -186,6 +187,9 @@ def _table(report: dict[str, Any]) -> str:
         (mark("key"), "agent key", f"{cfg.get('private_key_path', '-')} -> {report.get('agentPubkey', '-')}"),
         (mark("apiReachable"), "API reachable", f"{api.get('url', cfg.get('api_url', '-'))}"
                                                  + (f" ({api.get('latencyMs')} ms)" if api.get("latencyMs") is not None else "")),
+        ("    ", "API dialect", {"decent-cloud": "decent-cloud (live Decent Cloud API, Ed25519ph signatures)",
+                              "pool-api": "pool-api (pool server, Ed25519 signatures)"}.get(
+                                  str(cfg.get("api_dialect")), str(cfg.get("api_dialect", "-")))),
         (mark("signatureAccepted"), "signature accepted", "yes (signed heartbeat)" if api.get("signatureAccepted") else "no"),
         (mark("provisioner"), "provisioner", f"{prov.get('type', '-')}: {prov.get('detail', '')}"),
         (mark("polling" if agent.get("running") else "agentRunning"), "agent process", (f"running (pid {agent.get('pid')})" if agent.get("running") else "not running")

@@ -108,7 +108,7 @@ class TestStateDirectory:
         import pytest
         from nacl.signing import SigningKey
 
-        from dc_agent.client import ApiClient
+        from dc_agent.api.pool_api import PoolApiClient as ApiClient
         from dc_agent.errors import ConfigFileError
 
         bad = tmp_path / "ca.pem"

@@ -1,4 +1,4 @@
-"""The signed API client: signatures verified with PyNaCl, retry policy, error mapping."""
+"""The pool-api dialect of the signed API client: signatures verified with PyNaCl, retry policy, error mapping."""
 
 from __future__ import annotations
 
@@ -11,13 +11,21 @@ import respx
 from nacl.signing import SigningKey, VerifyKey
 
 from dc_agent import errors
-from dc_agent.client import ApiClient, RetryPolicy, register
+from dc_agent.api.base import HeartbeatInfo
+from dc_agent.api.http import RetryPolicy, register
+from dc_agent.api.pool_api import PoolApiClient as ApiClient
 from dc_agent.signing import signature_message
+from provisioners.base import Instance
 
 API = "https://pool.test"
 PROVIDER = "ab" * 32
 FAST = {name: RetryPolicy(attempts=4, budget_seconds=5, initial_wait=0.001, max_wait=0.002)
-        for name in ("heartbeat", "poll", "lock", "renew", "unlock", "report", "reconcile", "status")}
+        for name in ("heartbeat", "poll", "lock", "renew", "unlock", "unlock-quick", "report", "reconcile", "status")}
+
+
+def beat(active: int = 2) -> HeartbeatInfo:
+    return HeartbeatInfo(version="1", provisioner_type="script", active_contracts=active, max_concurrent=2,
+                         free_slots=2 - active)
 
 
 def ok(data):
@@ -60,12 +68,13 @@ class TestSigning:
         """The server can verify a POST's signature over the exact body bytes and the /api/v1 path."""
         route = respx.post(f"{API}/api/v1/providers/{PROVIDER}/heartbeat").mock(
             return_value=ok({"acknowledged": True, "nextHeartbeatSeconds": 30}))
-        data = run(_call(key, lambda c: c.heartbeat(version="1", provisioner_type="script", active_contracts=2)))
-        assert data["nextHeartbeatSeconds"] == 30
+        answer = run(_call(key, lambda c: c.heartbeat(beat())))
+        assert answer.next_heartbeat_seconds == 30
         request = route.calls.last.request
         verify(request, key)
         assert request.url.path == f"/api/v1/providers/{PROVIDER}/heartbeat"
-        assert json.loads(request.content) == {"version": "1", "provisionerType": "script", "activeContracts": 2}
+        assert json.loads(request.content) == {"version": "1", "provisionerType": "script", "activeContracts": 2,
+                                               "capacity": {"maxConcurrent": 2, "freeSlots": 0}}
         int(request.headers["X-Timestamp"])
         assert len(bytes.fromhex(request.headers["X-Signature"])) == 64
 
@@ -74,7 +83,8 @@ class TestSigning:
         """A GET signs an empty body and no query string."""
         route = respx.get(f"{API}/api/v1/providers/{PROVIDER}/contracts/pending-provision").mock(
             return_value=ok([{"contractId": "c1"}]))
-        assert run(_call(key, lambda c: c.pending_contracts())) == [{"contractId": "c1"}]
+        offers = run(_call(key, lambda c: c.pending()))
+        assert [(o.contract_id, o.contract.contract_id) for o in offers] == [("c1", "c1")]
         request = route.calls.last.request
         assert request.content == b""
         verify(request, key)
@@ -96,7 +106,7 @@ class TestSigning:
         """A retried request gets a new nonce (the server rejects replays) and still verifies."""
         route = respx.post(f"{API}/api/v1/providers/{PROVIDER}/contracts/c-1/lock").mock(
             side_effect=[err(503), err(502), ok({"acquired": True, "expiresAtNs": 1})])
-        assert run(_call(key, lambda c: c.lock("c-1")))["acquired"] is True
+        assert run(_call(key, lambda c: c.lock("c-1"))).expires_at_ns == 1
         nonces = {call.request.headers["X-Nonce"] for call in route.calls}
         assert route.call_count == 3 and len(nonces) == 3
         for call in route.calls:
@@ -117,7 +127,7 @@ class TestRetries:
         """After the policy's attempts, the last 5xx is raised as ServerError naming endpoint and status."""
         route = respx.post(f"{API}/api/v1/providers/{PROVIDER}/heartbeat").mock(return_value=err(500, "db down"))
         with pytest.raises(errors.ServerError) as info:
-            run(_call(key, lambda c: c.heartbeat(version="1", provisioner_type="script", active_contracts=0)))
+            run(_call(key, lambda c: c.heartbeat(beat(0))))
         assert route.call_count == 4
         assert "POST /providers/{pk}/heartbeat -> 500" in str(info.value) and "db down" in str(info.value)
 
@@ -127,7 +137,7 @@ class TestRetries:
         respx.get(f"{API}/api/v1/providers/{PROVIDER}/contracts/pending-provision").mock(
             side_effect=httpx.ConnectError("connection refused"))
         with pytest.raises(errors.Unreachable) as info:
-            run(_call(key, lambda c: c.pending_contracts()))
+            run(_call(key, lambda c: c.pending()))
         assert info.value.status is None and "no answer" in str(info.value)
 
     @pytest.mark.parametrize("status, cls", [
@@ -153,8 +163,9 @@ class TestEnvelope:
         """Callers get the envelope's data."""
         respx.post(f"{API}/api/v1/providers/{PROVIDER}/reconcile").mock(
             return_value=ok({"keep": [], "terminate": [{"externalId": "x", "contractId": "c"}], "unknown": []}))
-        data = run(_call(key, lambda c: c.reconcile([{"externalId": "x", "contractId": "c"}])))
-        assert data["terminate"][0]["externalId"] == "x"
+        answer = run(_call(key, lambda c: c.reconcile([Instance("x", "c")])))
+        assert [(t.external_id, t.contract_id) for t in answer.terminate] == [("x", "c")]
+        assert answer.keep == [] and answer.pause == []
 
     @respx.mock
     def test_contract_ids_are_quoted_in_paths(self, key):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dc_agent import errors, log
+from dc_agent.api.base import HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer, ReconcileItem
 from dc_agent.config import Settings
 from dc_agent.loop import Agent
 from dc_agent.outbox import Entry, Outbox
@@ -23,11 +24,14 @@ PK = "ab" * 32
 
 
 class FakeApi:
-    """pool_api's agent endpoints with scriptable answers; records every call."""
+    """The agent's API interface (dc_agent.api.base.AgentApi) with scriptable answers; records every call."""
+
+    dialect = "fake"
+    failures_are_final = False
 
     def __init__(self, pending: list[str], agent_pubkey: str = "cd" * 32) -> None:
         self.agent_pubkey = agent_pubkey
-        self.pending = [{"contractId": cid, "lockedByMe": False} for cid in pending]
+        self.offered = [{"contractId": cid, "lockedByMe": False} for cid in pending]
         self.calls: list[tuple[str, str]] = []
         self.lock_answers: dict[str, list[Any]] = {}   # per contract: exceptions / "ok", consumed in order
         self.report_answers: list[Any] = []
@@ -44,24 +48,31 @@ class FakeApi:
             if isinstance(answer, BaseException):
                 raise answer
 
-    async def heartbeat(self, **_: Any) -> dict[str, Any]:
-        self.calls.append(("heartbeat", ""))
-        return {"acknowledged": True, "nextHeartbeatSeconds": 1}
+    async def aclose(self) -> None:
+        pass
 
-    async def pending_contracts(self) -> list[dict[str, Any]]:
+    async def heartbeat(self, info: HeartbeatInfo, **_: Any) -> HeartbeatAnswer:
+        self.calls.append(("heartbeat", ""))
+        return HeartbeatAnswer(next_heartbeat_seconds=1)
+
+    async def pending(self) -> list[Offer]:
         self.calls.append(("pending", ""))
         done = set(self.provisioned)
-        return [c for c in self.pending if c["contractId"] not in done]
+        return [Offer(c["contractId"], c["lockedByMe"], Contract.from_api(c)) for c in self.offered
+                if c["contractId"] not in done]
 
-    async def lock(self, cid: str, *, policy: str = "lock") -> dict[str, Any]:
+    async def lock(self, cid: str, *, renew: bool = False) -> Lease:
         self.calls.append(("lock", cid))
         self._next(self.lock_answers.setdefault(cid, []))
         now = time.time_ns()
         first = self.first_locked.setdefault(cid, now) if self.track_first_lock else None
-        return {"acquired": True, "lockedAtNs": now, "firstLockedAtNs": first}
+        return Lease(expires_at_ns=None, first_lock=first == now)
 
     async def unlock(self, cid: str, **_: Any) -> None:
         self.calls.append(("unlock", cid))
+
+    async def started(self, cid: str) -> None:
+        self.calls.append(("started", cid))
 
     async def report_provisioned(self, cid: str, details: dict[str, Any]) -> None:
         self.calls.append(("provisioned", cid))
@@ -73,12 +84,13 @@ class FakeApi:
         self._next(self.report_answers)
         self.failed[cid] = message
 
-    async def reconcile(self, running: list[dict[str, Any]]) -> dict[str, Any]:
+    async def reconcile(self, running: list[Instance]) -> ReconcileAnswer:
         self.calls.append(("reconcile", ""))
-        self.reconciled.append(running)
-        return {"keep": [r for r in running if r["externalId"] not in self.doomed],
-                "terminate": [{**r, "reason": "duplicate-instance"} for r in running if r["externalId"] in self.doomed],
-                "unknown": []}
+        self.reconciled.append([{"externalId": r.external_id, "contractId": r.contract_id} for r in running])
+        return ReconcileAnswer(
+            keep=[ReconcileItem(r.external_id, r.contract_id) for r in running if r.external_id not in self.doomed],
+            terminate=[ReconcileItem(r.external_id, r.contract_id, "duplicate-instance") for r in running
+                       if r.external_id in self.doomed])
 
     async def report_terminated(self, cid: str) -> None:
         self.calls.append(("terminated", cid))
@@ -189,9 +201,9 @@ class TestLease:
         api = FakeApi(["c1"])
         real_lock = api.lock
 
-        async def short_lease(cid: str, *, policy: str = "lock") -> dict:
-            await real_lock(cid, policy=policy)
-            return {"acquired": True, "expiresAtNs": time.time_ns() + 300_000_000}
+        async def short_lease(cid: str, *, renew: bool = False) -> Lease:
+            await real_lock(cid, renew=renew)
+            return Lease(expires_at_ns=time.time_ns() + 300_000_000)
 
         api.lock = short_lease  # type: ignore[method-assign]
         agent = make_agent(tmp_path, api, Driver(hold=1.0), max_concurrent=1, lock_timeout_seconds=30)
@@ -345,9 +357,9 @@ class TestPolling:
         ids = [f"c{i}" for i in range(20)]
         a = make_agent(tmp_path / "a", FakeApi(ids, agent_pubkey="01" * 32), Driver())
         b = make_agent(tmp_path / "b", FakeApi(ids, agent_pubkey="02" * 32), Driver())
-        assert sorted(ids, key=a._rank) != sorted(ids, key=b._rank)
-        assert sorted(ids, key=a._rank)[0] != sorted(ids, key=b._rank)[0] or \
-               sorted(ids, key=a._rank)[1] != sorted(ids, key=b._rank)[1]
+        assert sorted(ids, key=a.dispatcher.rank) != sorted(ids, key=b.dispatcher.rank)
+        assert sorted(ids, key=a.dispatcher.rank)[0] != sorted(ids, key=b.dispatcher.rank)[0] or \
+               sorted(ids, key=a.dispatcher.rank)[1] != sorted(ids, key=b.dispatcher.rank)[1]
 
 
 class TestShutdown:

@@ -1,0 +1,132 @@
+"""The pool-api dialect: our reference pool server (docs/protocol.md). camelCase JSON, HTTP statuses carry
+the meaning (409 = another agent holds the lock), pure Ed25519 signatures."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from nacl.signing import SigningKey
+
+from dc_agent.api.base import HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer, ReconcileItem
+from dc_agent.api.http import RetryPolicy, SignedHttp
+from dc_agent.errors import UnexpectedAnswer
+from dc_agent.signing import Ed25519Signer
+from provisioners.base import Contract, Instance
+
+
+def _items(endpoint: str, data: Any, key: str) -> list[Any]:
+    """A list answer, or a `{key: [...]}` object holding one."""
+    if isinstance(data, dict):
+        data = data.get(key, [])
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise UnexpectedAnswer(endpoint, 200, f"expected a list, got {type(data).__name__}")
+    return data
+
+
+def reconcile_items(raw: Any) -> list[ReconcileItem]:
+    out = []
+    for item in raw or []:
+        if not isinstance(item, dict) or not item.get("externalId"):
+            continue
+        cid = item.get("contractId")
+        out.append(ReconcileItem(str(item["externalId"]), None if cid is None else str(cid), item.get("reason")))
+    return out
+
+
+class PoolApiClient:
+    """Signed calls of one agent to pool_api."""
+
+    dialect = "pool-api"
+    failures_are_final = False  # `failed` keeps the contract open: the server offers it again
+
+    def __init__(self, api_url: str, key: SigningKey, provider_pubkey: str, *, timeout: float = 30.0,
+                 ca_cert: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 policies: dict[str, RetryPolicy] | None = None) -> None:
+        self.provider_pubkey = provider_pubkey
+        self.http = SignedHttp(api_url, Ed25519Signer(key), timeout=timeout, ca_cert=ca_cert, transport=transport,
+                               policies=policies, redact_in_endpoint=provider_pubkey)
+
+    @property
+    def agent_pubkey(self) -> str:
+        return self.http.public_key_hex
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _pk(self) -> str:
+        return f"/providers/{self.provider_pubkey}"
+
+    def _contract(self, contract_id: str) -> str:
+        return f"{self._pk()}/contracts/{quote(str(contract_id), safe='')}"
+
+    async def heartbeat(self, info: HeartbeatInfo, *, policy: str = "heartbeat") -> HeartbeatAnswer:
+        body: dict[str, Any] = {"version": info.version, "provisionerType": info.provisioner_type,
+                                "activeContracts": info.active_contracts,
+                                "capacity": {"maxConcurrent": info.max_concurrent, "freeSlots": info.free_slots}}
+        if info.capabilities:
+            body["capabilities"] = info.capabilities
+        data = await self.http.call("POST", f"{self._pk()}/heartbeat", body, policy=policy)
+        data = data if isinstance(data, dict) else {}
+        try:
+            interval = float(data["nextHeartbeatSeconds"]) if data.get("nextHeartbeatSeconds") is not None else None
+        except (TypeError, ValueError):
+            interval = None
+        upgrade = data.get("upgradeToVersion")
+        return HeartbeatAnswer(next_heartbeat_seconds=interval,
+                               upgrade_to_version=str(upgrade) if upgrade else None,
+                               claim=bool(data.get("claim")),
+                               pool_name=str(data["poolName"]) if data.get("poolName") else None)
+
+    async def pending(self) -> list[Offer]:
+        path = f"{self._pk()}/contracts/pending-provision"
+        data = await self.http.call("GET", path, policy="poll")
+        offers = []
+        for item in _items(self.http.endpoint("GET", path), data, "contracts"):
+            if not isinstance(item, dict) or not item.get("contractId"):
+                continue
+            cid = str(item["contractId"])
+            try:
+                offers.append(Offer(cid, bool(item.get("lockedByMe")), Contract.from_api(item)))
+            except (KeyError, TypeError, ValueError) as exc:
+                offers.append(Offer(cid, bool(item.get("lockedByMe")), None, f"{type(exc).__name__}: {exc}"))
+        return offers
+
+    async def lock(self, contract_id: str, *, renew: bool = False) -> Lease:
+        data = await self.http.call("POST", f"{self._contract(contract_id)}/lock",
+                                    policy="renew" if renew else "lock")
+        data = data if isinstance(data, dict) else {}
+        expires = data.get("expiresAtNs")
+        first, locked = data.get("firstLockedAtNs"), data.get("lockedAtNs")
+        return Lease(expires_at_ns=int(expires) if isinstance(expires, (int, float)) else None,
+                     first_lock=isinstance(first, int) and first == locked)
+
+    async def unlock(self, contract_id: str, *, quick: bool = False) -> None:
+        await self.http.call("DELETE", f"{self._contract(contract_id)}/lock",
+                             policy="unlock-quick" if quick else "unlock")
+
+    async def started(self, contract_id: str) -> None:
+        return None  # pool_api learns it from the lock
+
+    async def report_provisioned(self, contract_id: str, details: dict[str, Any]) -> None:
+        await self.http.call("POST", f"{self._contract(contract_id)}/provisioned", {"instanceDetails": details},
+                             policy="report")
+
+    async def report_failed(self, contract_id: str, message: str) -> None:
+        await self.http.call("POST", f"{self._contract(contract_id)}/failed", {"errorMessage": message},
+                             policy="report")
+
+    async def reconcile(self, running: list[Instance]) -> ReconcileAnswer:
+        body = {"runningInstances": [{"externalId": i.external_id, "contractId": i.contract_id} for i in running]}
+        data = await self.http.call("POST", f"{self._pk()}/reconcile", body, policy="reconcile")
+        if not isinstance(data, dict):
+            raise UnexpectedAnswer(self.http.endpoint("POST", f"{self._pk()}/reconcile"), 200,
+                                   f"expected an object, got {type(data).__name__}")
+        return ReconcileAnswer(keep=reconcile_items(data.get("keep")), terminate=reconcile_items(data.get("terminate")),
+                               unknown=reconcile_items(data.get("unknown")), pause=reconcile_items(data.get("pause")))
+
+    async def report_terminated(self, contract_id: str) -> None:
+        await self.http.call("PUT", f"{self._contract(contract_id)}/terminated", policy="report")

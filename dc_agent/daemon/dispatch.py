@@ -1,0 +1,89 @@
+"""Dispatch: fetch the pending contracts, lock as many as there are free slots, start a job for each.
+
+Candidates are ordered by a hash of (agent key, contract id), so the agents of one pool do not all fight for
+the oldest contract; a contract this agent already holds comes first. A `Conflict` when locking just means
+another agent has it. Runs every `poll_interval_seconds` (with jitter) and at once when a job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import time
+from typing import TYPE_CHECKING
+
+from dc_agent.errors import ApiError, BadRequest, Conflict, Forbidden, Gone, NotFound
+
+if TYPE_CHECKING:
+    from dc_agent.loop import Agent
+
+
+class Dispatcher:
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+
+    def rank(self, contract_id: str) -> bytes:
+        return hashlib.sha256(f"{self.agent.pubkey}:{contract_id}".encode()).digest()
+
+    async def poll_once(self) -> None:
+        a = self.agent
+        if a.free_slots <= 0 or a.stopping:
+            return
+        try:
+            offers = await a.client.pending()
+        except ApiError as exc:
+            a.poll_ok = False
+            a.state.count("poll_errors")
+            a.state.last_error = str(exc)
+            a.log.warning("could not fetch pending contracts", error=str(exc))
+            return
+        a.poll_ok = True
+        a.state.count("polls")
+        a.state.last_poll_ns = time.time_ns()
+        now = time.monotonic()
+        candidates = [o for o in offers
+                      if o.contract_id not in a.jobs and o.contract_id not in a.delivering
+                      and not a.outbox.has(o.contract_id) and a.retry_after.get(o.contract_id, 0) <= now]
+        candidates.sort(key=lambda o: (not o.locked_by_me, self.rank(o.contract_id)))
+        for offer in candidates:
+            if a.free_slots <= 0 or a.stopping:
+                break
+            cid = offer.contract_id
+            clog = a.log.bind(contract_id=cid)
+            sent = time.monotonic()
+            try:
+                lease = await a.client.lock(cid)
+            except Conflict:
+                a.state.count("lock_conflicts")
+                a.state.conflicts_by_contract[cid] += 1
+                clog.debug("another agent holds the lock; skipped")
+                continue
+            except (Forbidden, NotFound, Gone, BadRequest) as exc:
+                clog.warning("lock refused", error=str(exc))
+                a.retry_after[cid] = now + a.settings.poll_interval_seconds * 4
+                continue
+            except ApiError as exc:
+                clog.warning("lock failed; will retry at the next poll", error=str(exc))
+                break
+            a.state.count("locks_acquired")
+            if offer.contract is None:
+                clog.error("pending contract has an unexpected shape; releasing it", error=offer.problem)
+                a.retry_after[cid] = now + a.settings.poll_interval_seconds * 4
+                with contextlib.suppress(ApiError):
+                    await a.client.unlock(cid)
+                continue
+            a.start_job(offer.contract, clog, a.leases.expiry(lease, sent), first_lock=lease.first_lock)
+        a.save_state(force=True)
+
+    async def loop(self) -> None:
+        a = self.agent
+        assert a.wake is not None
+        while not a.stopping:
+            a.wake.clear()
+            await a.until_stopped(self.poll_once())
+            a.save_state()
+            timeout = a.settings.poll_interval_seconds * random.uniform(0.9, 1.1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(a.wake.wait(), timeout=timeout)
