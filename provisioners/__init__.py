@@ -1,6 +1,7 @@
 """Provisioning drivers behind one interface (:mod:`provisioners.base`).
 
-Drivers are imported only when used, so that `dc-agent --help` never pays for proxmoxer.
+Drivers are imported only when used, so that `dc-agent --help` never pays for proxmoxer
+or the docker SDK.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ DRIVERS: dict[str, str] = {
     "proxmox": "provisioners.proxmox:ProxmoxProvisioner",
     "script": "provisioners.script:ScriptProvisioner",
     "manual": "provisioners.manual:ManualProvisioner",
+    "docker": "provisioners.docker:DockerProvisioner",
 }
 
 
