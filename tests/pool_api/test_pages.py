@@ -376,6 +376,31 @@ class TestPoolDetail:
         assert re.fullmatch(r"23h 5\dm", token_row[3])
         assert '<b id="offering-count">1</b> linked' in html
 
+    def test_contracts_with_last_health(self, engine: sa.Engine, client: TestClient, alice: str) -> None:
+        """The pool page lists the running/paused contracts its agents provisioned with their last health."""
+        from pool_api import contracts, instance_health, pause
+        from pool_api.auth import Caller
+        from pool_api.tables import contracts as contracts_table
+
+        pool_id = make_pool(engine, alice, "eu-health")
+        make_agent(engine, pool_id, "44" * 32, "node-h", {"version": "0.6.0"})
+        agent = Caller(role="agent", pubkey="44" * 32, provider_pubkey=alice, pool_id=pool_id)
+        with engine.begin() as conn:
+            offerings.create_offering(conn, alice, {"name": "VPS H", "datacenter_country": "DE"}, "vps-h")
+            ids = contracts.create_contracts(conn, "vps-h", count=3, ends_at_ns=db.now_ns() + 2 * HOUR_NS + 10**11)
+            for n, cid in enumerate(ids[:2]):
+                conn.execute(sa.update(contracts_table).where(contracts_table.c.contract_id == cid).values(
+                    status="provisioned", provisioned_by="44" * 32, provisioned_at_ns=n,
+                    instance_details={"externalId": f"pve1/{100 + n}"}))
+            instance_health.record(conn, agent, ids[0], "unhealthy", f"VM stopped {XSS}", None, db.now_ns())
+            pause.pause(conn, ids[1])
+        rows = {r[0]: r for r in table_rows(client.get(f"/provider/pools/{pool_id}").text, "contracts")}
+        first, second = rows[fmt.short_key(ids[0])], rows[fmt.short_key(ids[1])]
+        assert first[1:6] == ["vps-h", "provisioned", "pve1/100", "44444444…4444", f"● Unhealthy VM stopped {XSS}"]
+        assert re.fullmatch(r"(just now|\d+s ago)", first[6]) and re.fullmatch(r"2h \dm", first[7])
+        assert second[2] == "paused" and second[5:7] == ["no report yet", "never"]
+        assert fmt.short_key(ids[2]) not in rows  # never provisioned
+
     def test_add_agent_mints_token_and_shows_one_liner(self, engine: sa.Engine, client: TestClient,
                                                        alice: str) -> None:
         """The one-liner's token is real: it registers an agent (once) into this pool."""
