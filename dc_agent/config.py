@@ -171,6 +171,11 @@ AGENT_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "max_concurrent": (_positive_int, 2, "contracts provisioned at once"),
     "failure_retries": (_non_negative_int, 2, "where a failure report is final (decent-cloud), attempts "
                         "retried locally first"),
+    "max_consecutive_failures": (_positive_int, 5, "failures in a row after which a contract or tenant action "
+                                 "backs off exponentially (cap 1 h)"),
+    "health_interval_seconds": (_positive_number, 300.0, "how often each instance's health is checked and reported"),
+    "actions_interval_seconds": (_positive_number, 30.0, "how often to read pending password resets and key "
+                                 "rotations"),
     "shutdown_grace_seconds": (_non_negative_number, 60.0, "on SIGTERM, how long running contracts may finish"),
     "reconcile_interval_seconds": (_positive_number, 300.0, "how often to reconcile instances with the server"),
     "request_timeout_seconds": (_positive_number, 30.0, "timeout of one HTTP request"),
@@ -202,6 +207,9 @@ class Settings:
     lock_timeout_seconds: float = 300.0
     max_concurrent: int = 2
     failure_retries: int = 2
+    max_consecutive_failures: int = 5
+    health_interval_seconds: float = 300.0
+    actions_interval_seconds: float = 30.0
     shutdown_grace_seconds: float = 60.0
     reconcile_interval_seconds: float = 300.0
     request_timeout_seconds: float = 30.0

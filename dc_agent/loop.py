@@ -3,7 +3,7 @@
     heartbeat ─┐
     dispatch ──┼─ job ── lease          (one task per held contract, renewing while the driver works)
                │    └── delivery        (outbox: durable until the server acknowledges)
-    reconcile ─┘
+    reconcile ─┴─ aftercare             (health, pause/resume, password resets, key rotations)
     shutdown: drain on the first signal, cancel on the second
 
 The rooms talk to the server only through `client` (:class:`dc_agent.api.AgentApi`, whichever dialect), and
@@ -19,7 +19,9 @@ from typing import Any
 
 from dc_agent import __version__
 from dc_agent.api.base import AgentApi
+from dc_agent.actions import ActionQueue
 from dc_agent.config import Settings
+from dc_agent.daemon.aftercare import Aftercare
 from dc_agent.daemon.delivery import Delivery
 from dc_agent.daemon.dispatch import Dispatcher
 from dc_agent.daemon.heartbeat import Heartbeats
@@ -27,6 +29,7 @@ from dc_agent.daemon.job import Job, JobRunner
 from dc_agent.daemon.lease import LeaseKeeper
 from dc_agent.daemon.reconcile import Reconciler
 from dc_agent.daemon.shutdown import Shutdown
+from dc_agent.instances import InstanceRegistry
 from dc_agent.outbox import Outbox
 from dc_agent.state import AgentState
 from provisioners.base import Contract, Provisioner
@@ -64,6 +67,8 @@ class Agent:
         self.runner = JobRunner(self)
         self.delivery = Delivery(self)
         self.reconciler = Reconciler(self)
+        self.registry = InstanceRegistry(settings.state_dir)
+        self.aftercare = Aftercare(self, self.registry, ActionQueue(settings.state_dir))
         self.shutdown = Shutdown(self)
 
     # -- shared helpers -------------------------------------------------------------------------------
@@ -81,6 +86,12 @@ class Agent:
     @property
     def free_slots(self) -> int:
         return self.settings.max_concurrent - len(self.jobs)
+
+    def failure_backoff(self, failures: int) -> float:
+        """Seconds before a contract that failed `failures` times in a row is tried again: the poll
+        interval for the first `max_consecutive_failures`, then doubling up to one hour."""
+        limit, base = self.settings.max_consecutive_failures, self.settings.poll_interval_seconds
+        return base if failures < limit else min(base * 2 ** (failures - limit + 1), 3600.0)
 
     def wake_poll(self) -> None:
         if self.wake:
@@ -157,6 +168,8 @@ class Agent:
                 asyncio.create_task(self.delivery.loop(), name="outbox"),
                 asyncio.create_task(self.reconciler.loop(), name="reconcile"),
                 asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
+                asyncio.create_task(self.aftercare.health_loop(), name="health"),
+                asyncio.create_task(self.aftercare.actions_loop(), name="actions"),
             ]
             await self.dispatcher.loop()
             await self.shutdown.drain()

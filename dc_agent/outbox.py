@@ -28,6 +28,7 @@ class Entry:
     kind: Kind
     instance_details: dict[str, Any] | None = None
     error_message: str | None = None
+    ssh_key: str | None = None  # the tenant's key at provisioning (the old key of a later rotation)
     created_ns: int = field(default_factory=time.time_ns)
     attempts: int = 0
 

@@ -25,7 +25,8 @@ COUNTERS = (
     "polls", "poll_errors", "heartbeats", "heartbeat_errors", "locks_acquired", "lock_conflicts",
     "provisioned", "failed", "adopted", "lost_leases", "renewals", "renewal_errors", "reports_sent",
     "report_errors", "cancelled_on_shutdown", "reconciles", "terminated", "reconcile_errors",
-    "outbox_write_errors",
+    "outbox_write_errors", "health_reports", "health_report_errors", "paused", "resumed", "pause_errors",
+    "actions_done", "action_errors",
 )
 
 

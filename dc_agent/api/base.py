@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from provisioners.base import Contract, Instance
+from provisioners.base import Contract, Instance, InstanceHealth
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,25 @@ class ReconcileAnswer:
     pause: list[ReconcileItem] = field(default_factory=list)
 
 
+PASSWORD = "password"
+SSH_KEY = "ssh_key"
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """A tenant's request the agent carries out on a provisioned instance: a new password or a new SSH key.
+    `request_id` tells two requests for one contract apart (the live API has one per contract at a time)."""
+
+    kind: str  # PASSWORD | SSH_KEY
+    contract_id: str
+    request_id: str
+    external_id: str | None = None  # None: the server does not say; the agent looks it up
+    username: str | None = None
+    new_key: str | None = None
+    old_key: str | None = None
+    recipient_public_key: str | None = None  # pool-api: the password is sealed to this X25519 key
+
+
 @dataclass(frozen=True)
 class HeartbeatInfo:
     version: str
@@ -106,3 +125,14 @@ class AgentApi(Protocol):
     async def reconcile(self, running: list[Instance]) -> ReconcileAnswer: ...
 
     async def report_terminated(self, contract_id: str) -> None: ...
+
+    async def report_health(self, contract_id: str, health: InstanceHealth, checked_at_ns: int) -> None: ...
+
+    async def pending_actions(self, kind: str) -> list[ActionRequest]:
+        """Password resets (PASSWORD) or key rotations (SSH_KEY) waiting for this agent."""
+        ...
+
+    async def report_action(self, request: ActionRequest, *, password: str | None = None,
+                            error: str | None = None) -> bool:
+        """Done (`password` for a reset) or failed (`error`); False when the API has no way to say it."""
+        ...

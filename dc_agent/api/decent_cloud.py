@@ -16,6 +16,7 @@ What differs from pool-api, and how this module hides it from the loop:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -24,12 +25,13 @@ from urllib.parse import quote
 import httpx
 from nacl.signing import SigningKey
 
-from dc_agent.api.base import HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer, ReconcileItem
+from dc_agent.api.base import (PASSWORD, ActionRequest, HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer,
+                               ReconcileItem)
 from dc_agent.api.http import RetryPolicy, SignedHttp
 from dc_agent.api.pool_api import reconcile_items
 from dc_agent.errors import ApiError, Conflict, Forbidden, Gone, NotFound, Refused, UnexpectedAnswer
 from dc_agent.signing import Ed25519phSigner
-from provisioners.base import Contract, Instance
+from provisioners.base import Contract, Instance, InstanceHealth
 
 TERMINAL = ("cancelled", "canceled", "rejected", "expired", "provisioningfailed", "provisioning_failed")
 _TRANSITION = re.compile(r"Invalid status transition: (\w+) -> (\w+)", re.I)
@@ -274,3 +276,49 @@ class DecentCloudClient:
 
     async def report_terminated(self, contract_id: str) -> None:
         await self._call("PUT", f"{self._pk()}/contracts/{self._id(contract_id)}/terminated", policy="report")
+
+    # -- after provisioning -------------------------------------------------------------------------
+
+    async def report_health(self, contract_id: str, health: InstanceHealth, checked_at_ns: int) -> None:
+        body: dict[str, Any] = {"checkedAt": checked_at_ns, "status": health.status}
+        if health.latency_ms is not None:
+            body["latencyMs"] = int(round(health.latency_ms))
+        if health.detail:
+            body["details"] = health.detail[:500]
+        await self._call("POST", f"/contracts/{self._id(contract_id)}/health", body, policy="report")
+
+    async def pending_actions(self, kind: str) -> list[ActionRequest]:
+        """The live lists are snake_case and carry no request id (one request per contract at a time) and no
+        instance id (the agent looks it up)."""
+        which = "pending-password-reset" if kind == PASSWORD else "pending-ssh-key-rotation"
+        path = f"{self._pk()}/contracts/{which}"
+        data = await self._call("GET", path, policy="poll")
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise UnexpectedAnswer(self.http.endpoint("GET", path), 200, f"expected a list, got {type(data).__name__}")
+        out = []
+        for item in data:
+            if not isinstance(item, dict) or not item.get("contract_id"):
+                continue
+            cid = str(item["contract_id"])
+            new_key = item.get("requester_ssh_pubkey") if kind != PASSWORD else None
+            request_id = f"{kind}:{cid}" + (f":{hashlib.sha256(str(new_key).encode()).hexdigest()[:12]}"
+                                            if new_key else "")
+            out.append(ActionRequest(kind=kind, contract_id=cid, request_id=request_id, new_key=new_key))
+        return out
+
+    async def report_action(self, request: ActionRequest, *, password: str | None = None,
+                            error: str | None = None) -> bool:
+        if error is not None:
+            return False  # the live API has no failure report for these; the request stays pending there
+        if request.kind == PASSWORD:
+            if not password:
+                raise ValueError("a password report needs the password")
+            # plain over TLS: the server encrypts it for the tenant (docs/decent-cloud-dialect.md 3.9)
+            await self._call("PUT", f"/provider/rental-requests/{self._id(request.contract_id)}/password",
+                             {"newPassword": password}, policy="report")
+        else:
+            await self._call("PUT", f"/provider/rental-requests/{self._id(request.contract_id)}/ssh-key-rotation",
+                             policy="report")
+        return True

@@ -9,11 +9,25 @@ from urllib.parse import quote
 import httpx
 from nacl.signing import SigningKey
 
-from dc_agent.api.base import HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer, ReconcileItem
+from dc_agent.api.base import (PASSWORD, ActionRequest, HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer,
+                               ReconcileItem)
 from dc_agent.api.http import RetryPolicy, SignedHttp
 from dc_agent.errors import UnexpectedAnswer
 from dc_agent.signing import Ed25519Signer
-from provisioners.base import Contract, Instance
+from provisioners.base import Contract, Instance, InstanceHealth
+
+ACTION_PATHS = {PASSWORD: ("pending-password-reset", "password"), "ssh_key": ("pending-ssh-key-rotation",
+                                                                              "ssh-key-rotation")}
+
+
+def seal_password(password: str, recipient_public_key: str) -> str:
+    """The password sealed (NaCl sealed box) to the tenant's X25519 key, base64: pool_api never sees it."""
+    import base64
+
+    from nacl.public import PublicKey, SealedBox
+
+    box = SealedBox(PublicKey(bytes.fromhex(recipient_public_key)))
+    return base64.b64encode(box.encrypt(password.encode())).decode()
 
 
 def _items(endpoint: str, data: Any, key: str) -> list[Any]:
@@ -130,3 +144,37 @@ class PoolApiClient:
 
     async def report_terminated(self, contract_id: str) -> None:
         await self.http.call("PUT", f"{self._contract(contract_id)}/terminated", policy="report")
+
+    async def report_health(self, contract_id: str, health: InstanceHealth, checked_at_ns: int) -> None:
+        body: dict[str, Any] = {"status": health.status, "checkedAtNs": checked_at_ns}
+        if health.detail:
+            body["detail"] = health.detail[:500]
+        if health.latency_ms is not None:
+            body["latencyMs"] = round(health.latency_ms, 1)
+        await self.http.call("POST", f"{self._contract(contract_id)}/health", body, policy="report")
+
+    async def pending_actions(self, kind: str) -> list[ActionRequest]:
+        path = f"{self._pk()}/contracts/{ACTION_PATHS[kind][0]}"
+        data = await self.http.call("GET", path, policy="poll")
+        out = []
+        for item in _items(self.http.endpoint("GET", path), data, "requests"):
+            if not isinstance(item, dict) or not item.get("contractId") or not item.get("requestId"):
+                continue
+            out.append(ActionRequest(kind=kind, contract_id=str(item["contractId"]),
+                                     request_id=str(item["requestId"]), external_id=item.get("externalId"),
+                                     username=item.get("username"), new_key=item.get("newKey"),
+                                     old_key=item.get("oldKey"), recipient_public_key=item.get("recipientPublicKey")))
+        return out
+
+    async def report_action(self, request: ActionRequest, *, password: str | None = None,
+                            error: str | None = None) -> bool:
+        body: dict[str, Any] = {"requestId": request.request_id}
+        if error is not None:
+            body["error"] = error[:1000]
+        elif request.kind == PASSWORD:
+            if not password or not request.recipient_public_key:
+                raise ValueError("a password report needs the password and the recipient's key")
+            body["encryptedPassword"] = seal_password(password, request.recipient_public_key)
+        await self.http.call("PUT", f"{self._contract(request.contract_id)}/{ACTION_PATHS[request.kind][1]}", body,
+                             policy="report")
+        return True

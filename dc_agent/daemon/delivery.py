@@ -93,11 +93,13 @@ class Delivery:
             a.state.count("provisioned")
             a.failures.pop(cid, None)
             details = entry.instance_details or {}
+            if details.get("externalId"):
+                await a.in_thread(lambda: a.registry.record(cid, str(details["externalId"]), ssh_key=entry.ssh_key))
             log.info("provisioned", external_id=details.get("externalId"), ip_address=details.get("ipAddress"))
         else:
             a.state.count("failed")
             fails = a.failures[cid] = a.failures.get(cid, 0) + 1
-            backoff = min(a.settings.poll_interval_seconds * (2 ** fails), 600.0)
+            backoff = a.failure_backoff(fails)
             a.retry_after[cid] = time.monotonic() + backoff
             log.warning("provisioning failed; reported", error=entry.error_message, retry_in_seconds=backoff)
         return True

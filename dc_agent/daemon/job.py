@@ -127,7 +127,8 @@ class JobRunner:
                 job.log.warning("could not release the lock; it expires by itself", error=str(exc))
             return
         if details is not None:
-            entry = Entry(contract_id=cid, kind="provisioned", instance_details=details.to_api())
+            entry = Entry(contract_id=cid, kind="provisioned", instance_details=details.to_api(),
+                          ssh_key=job.contract.requester_ssh_pubkey)
             if adopted:
                 a.state.count("adopted")
                 job.log.info("adopted an instance made before a restart", external_id=details.external_id)

@@ -1,7 +1,8 @@
 """Reconcile: every `reconcile_interval_seconds` the driver's instances go to the server, which answers
 what to keep, terminate, pause; the agent removes what it must (never an instance of a contract it is
 still provisioning or reporting) and reports `terminated` for a cancelled or ended contract's instance.
-A paused contract's instance is never destroyed."""
+Paused and kept instances go to :mod:`aftercare` (stop for a pause, start again once kept); a paused
+contract's instance is never destroyed."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ class Reconciler:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
         self.pending_terminated: set[str] = set()
-        self.pause_logged: set[str] = set()
 
     async def once(self) -> None:
         a = self.agent
@@ -87,14 +87,17 @@ class Reconciler:
                 clog.warning("reconcile: could not terminate", error=str(exc))
                 continue
             a.state.count("terminated")
+            a.aftercare.terminated(cid, item.external_id)
             clog.info("terminated", reason=item.reason)
             if cid is not None and item.reason in REPORT_TERMINATED_FOR:
                 await self._report_terminated(cid, clog)
+        ours = {i.external_id for i in running}
         for item in answer.pause:
-            if item.external_id not in self.pause_logged:
-                self.pause_logged.add(item.external_id)
-                a.log.info("reconcile: the server lists this instance as paused; kept running as it is",
-                           contract_id=item.contract_id, external_id=item.external_id)
+            if item.external_id in ours and item.contract_id not in skip:
+                await a.aftercare.pause(item)
+        for item in answer.keep:
+            if item.external_id in ours and item.contract_id not in skip:
+                await a.aftercare.kept(item)
         if answer.unknown:
             a.log.info("reconcile: instances the server does not know", count=len(answer.unknown),
                        external_ids=[u.external_id for u in answer.unknown][:20])

@@ -135,8 +135,11 @@ class Fleet:
                 "list_command": argv("list"), "terminate_command": argv("terminate"),
                 "timeout_seconds": 600, "kill_grace_seconds": 2, "env": {"AGENT_NAME": name}}
 
+    def new_token(self, name: str) -> str:
+        return self.provider.create_token(self.pool_id, label=name)
+
     def add_agent(self, name: str) -> AgentProc:
-        token = self.provider.create_token(self.pool_id, label=name)
+        token = self.new_token(name)
         config = self.base / name / "config.toml"
         res = subprocess.run([*dc_agent_command(), "setup", "--token", token, "--api-url", self.server.url,
                               "--config", str(config), "--label", name],
