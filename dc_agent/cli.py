@@ -1,6 +1,6 @@
 """`dc-agent`: the command line. Start-up stays cheap: each command imports its module when it runs.
 
-Commands: setup, run, status, manual (list, done, fail). Settings: flags > DC_AGENT_* > file.
+Commands: setup, run, status, import-config, manual (list, done, fail). Settings: flags > DC_AGENT_* > file.
 """
 
 from __future__ import annotations
@@ -126,6 +126,33 @@ def status(
     from dc_agent.commands.status import run_status
 
     raise typer.Exit(run_status(config=config, as_json=as_json, overrides={"api_url": api_url}))
+
+
+@app.command("import-config", short_help="Take over a Rust dc-agent 0.6's config and key.")
+def import_config(
+    source: Path = typer.Argument(..., metavar="PATH",
+                                  help="The Rust agent's config (its default: /etc/dc-agent/dc-agent.toml)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The Rust agent's key file [default: the file (or "
+                                                           "inline key) named by [api] agent_secret_key]."),
+    config: Optional[Path] = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="Replace an existing config and key."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the mapping and the config (secrets masked); "
+                                                          "write nothing."),
+    public_ip: Optional[str] = typer.Option(None, "--public-ip", help="docker provisioner: the address tenants "
+                                                                       "reach this host at [default: [gateway] "
+                                                                       "public_ip]."),
+) -> None:
+    """Switch from the Rust dc-agent 0.6: write our config (api_dialect = "decent-cloud") and key file (0600)
+    from its dc-agent.toml and agent key, and print each Rust key that has no equivalent, with why.
+
+    The result is checked to load and to build its driver before anything is written; an existing config
+    or key is replaced only with --force. Exit status 0 ok, 1 refused (files exist) or not written,
+    78 the Rust config or key cannot be imported (the message names the file and key).
+    """
+    from dc_agent.commands.import_config import run_import
+
+    raise typer.Exit(run_import(source=source, key=key, config=config, force=force, dry_run=dry_run,
+                                public_ip=public_ip))
 
 
 @manual_app.command("list", short_help="Contracts waiting for an operator.")
