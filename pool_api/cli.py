@@ -176,7 +176,7 @@ def offering_create(
     offering_id: Annotated[str, typer.Option(help="Offering id (opaque string).")],
     name: Annotated[str, typer.Option(help="Offering name.")],
     country: Annotated[str, typer.Option(help="Datacenter country, ISO 3166-1 alpha-2 (routes to a region).")],
-    provisioner_type: Annotated[Optional[str], typer.Option(help="proxmox, script or manual (default: route as proxmox).")] = None,
+    provisioner_type: Annotated[Optional[str], typer.Option(help="proxmox, docker, script or manual (default: route as proxmox).")] = None,
     pool_id: Annotated[Optional[str], typer.Option(help="Explicit agent pool (overrides location routing).")] = None,
     cpu_cores: Annotated[Optional[int], typer.Option(min=0)] = None,
     memory_mb: Annotated[Optional[int], typer.Option(min=0)] = None,

@@ -37,7 +37,7 @@ REGIONS: dict[str, str] = {
     "cis": "CIS (Russia & neighbors)",
 }
 
-PROVISIONER_TYPES: tuple[str, ...] = ("proxmox", "script", "manual")
+PROVISIONER_TYPES: tuple[str, ...] = ("proxmox", "docker", "script", "manual")
 DEFAULT_PROVISIONER_TYPE = "proxmox"
 
 _REGION_CODES: dict[str, str] = {

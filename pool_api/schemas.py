@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 Region = Literal["europe", "na", "latam", "apac", "mena", "ssa", "cis"]
-ProvisionerType = Literal["proxmox", "script", "manual"]
+ProvisionerType = Literal["proxmox", "docker", "script", "manual"]
 
 MAX_INT32 = 2**31 - 1
 MAX_BIG = 2**53  # fits BIGINT and survives a JSON round-trip through float-only clients

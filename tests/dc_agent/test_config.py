@@ -99,7 +99,7 @@ class TestErrors:
             cfg.load(path, environ={})
 
     def test_unknown_driver(self, tmp_path):
-        with pytest.raises(ConfigFileError, match="script, manual or proxmox|one of: manual, proxmox, script"):
+        with pytest.raises(ConfigFileError, match="script, manual or proxmox|one of: docker, manual, proxmox, script"):
             cfg.load(write(tmp_path, provisioner='type = "kvm"\n'), environ={})
 
 

@@ -65,7 +65,7 @@ class TestPools:
         assert "location" in error(provider.request("POST", "/pools", {"name": "x", "location": "mars",
                                                                       "provisionerType": "proxmox"}), 422)
         assert "provisionerType" in error(provider.request("POST", "/pools", {"name": "x", "location": "na",
-                                                                             "provisionerType": "docker"}), 422)
+                                                                             "provisionerType": "kvm"}), 422)
         assert "name" in error(provider.request("POST", "/pools", {"location": "na", "provisionerType": "manual"}), 422)
 
 
@@ -232,7 +232,7 @@ class TestOfferings:
         assert "agentPoolId" in error(provider.request("POST", "/offerings", {
             "name": "x", "datacenterCountry": "DE", "agentPoolId": foreign["poolId"]}), 422)
         for field, value in (("cpuCores", 10**30), ("memoryMb", 10**30), ("storageGb", -1), ("price", -5),
-                             ("provisionerType", "docker"), ("cpuCores", "4"), ("price", "cheap"), ("name", ""),
+                             ("provisionerType", "kvm"), ("cpuCores", "4"), ("price", "cheap"), ("name", ""),
                              ("datacenterCountry", 49), ("provisionerConfig", [1, 2])):
             body = {"name": "x", "datacenterCountry": "DE", field: value}
             assert field in error(provider.request("POST", "/offerings", body), 422), (field, value)

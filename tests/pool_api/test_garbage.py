@@ -175,8 +175,8 @@ class TestReportsAndRequestShape:
         assert data(agent.provisioned(cid, good))["repeated"] is True
 
     def test_heartbeat_with_an_unknown_provisioner_type_is_422(self, server: PoolServer, agent) -> None:
-        """provisionerType is one of proxmox, script, manual."""
-        r = agent.call("POST", "/heartbeat", {"version": "1", "provisionerType": "docker", "activeContracts": 0})
+        """provisionerType is one of proxmox, docker, script, manual."""
+        r = agent.call("POST", "/heartbeat", {"version": "1", "provisionerType": "kvm", "activeContracts": 0})
         assert "provisionerType" in assert_envelope_4xx(r, 422)
 
     def test_a_trailing_slash_is_an_envelope_not_a_redirect(self, server: PoolServer, provider: Provider) -> None:
