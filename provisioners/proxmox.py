@@ -35,8 +35,19 @@ import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
-from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDetails, Lifecycle, ProvisionError
+from provisioners.base import Cancelled, Contract, Health, Instance, InstanceDetails, ProvisionError
 from provisioners.proxmox_config import STORAGE_ID, VMID_MAX, VMID_MIN, NODE_NAME, ProxmoxSettings, parse_settings
+from provisioners.proxmox_errors import (
+    GuestAgentTimeout,
+    TaskFailed,
+    VmGone,
+    describe,
+    is_gone,
+    is_lock_wait,
+    is_taken,
+    is_transient,
+    short_message,
+)
 from provisioners.proxmox_guest import (
     AGENT_TAG,
     attempt_of_description,
@@ -54,82 +65,18 @@ from provisioners.proxmox_guest import (
     wants_ipv4,
     with_bridge,
 )
+from provisioners.proxmox_lifecycle import ProxmoxLifecycle
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GiB = 1024**3
 MAX_VMID_RACES = 25
-_MSG_MAX = 300
 
 
-class TaskFailed(ProvisionError):
-    """A PVE task ended with an exit status other than OK."""
-
-    def __init__(self, what: str, exitstatus: str) -> None:
-        super().__init__(f"{what} failed: task exit status: {exitstatus}")
-        self.exitstatus = exitstatus
-
-
-class GuestAgentTimeout(ProvisionError):
-    """The guest agent never answered, or never reported an address, within ip_timeout_seconds."""
-
-
-class _Gone(ProvisionError):
-    """The VM does not exist (any more)."""
-
-
-def _short(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= _MSG_MAX else text[: _MSG_MAX - 1] + "…"
-
-
-def _describe(exc: BaseException) -> str:
-    """An API failure in a line fit for the marketplace: status and PVE's message, never credentials."""
-    if isinstance(exc, ResourceException):
-        return _short(str(exc))
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS verification failed (check ca_cert / verify_tls)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "the Proxmox API did not answer in time"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "cannot connect to the Proxmox API"
-    return _short(f"{type(exc).__name__}: {exc}")
-
-
-def _text(exc: BaseException) -> str:
-    return str(exc).lower()
-
-
-def _is_gone(exc: BaseException) -> bool:
-    """PVE's answer for a VMID without a config: "Configuration file '…/100.conf' does not exist"."""
-    text = _text(exc)
-    return isinstance(exc, ResourceException) and (
-        exc.status_code == 404 or ("configuration file" in text and "does not exist" in text))
-
-
-def _is_lock_wait(exc: BaseException) -> bool:
-    """A config or storage lock held by someone else ("can't lock file … got timeout", "VM is locked")."""
-    text = _text(exc)
-    return isinstance(exc, ResourceException) and exc.status_code >= 500 and (
-        "can't lock file" in text or "vm is locked" in text or ("lock" in text and "got timeout" in text))
-
-
-def _is_taken(exc: BaseException) -> bool:
-    return isinstance(exc, ResourceException) and "already exists" in _text(exc)
-
-
-def _transient(exc: BaseException) -> bool:
-    """Worth polling again: network trouble or a server-side hiccup, not a refusal."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return False
-    if isinstance(exc, requests.RequestException):
-        return True
-    return isinstance(exc, ResourceException) and exc.status_code >= 500
-
-
-class ProxmoxProvisioner(Lifecycle):
-    """The `proxmox` driver. Construct with the `[provisioner.proxmox]` table."""
+class ProxmoxProvisioner(ProxmoxLifecycle):
+    """The `proxmox` driver. Construct with the `[provisioner.proxmox]` table; the lifecycle actions after
+    provisioning (health, stop/start, password, SSH key) come from ProxmoxLifecycle."""
 
     name = "proxmox"
 
@@ -184,13 +131,13 @@ class ProxmoxProvisioner(Lifecycle):
             try:
                 return fn()
             except (ResourceException, requests.RequestException) as exc:
-                if _is_lock_wait(exc) and time.monotonic() + delay < deadline:
-                    log.info("proxmox: %s: lock held, retrying in %.1f s (%s)", what, delay, _describe(exc))
+                if is_lock_wait(exc) and time.monotonic() + delay < deadline:
+                    log.info("proxmox: %s: lock held, retrying in %.1f s (%s)", what, delay, describe(exc))
                     if self._pause(cancel, delay):
                         raise Cancelled(f"cancelled while {what}") from None
                     delay = min(delay * 2, 10 * self.cfg.poll_interval, 30.0)
                     continue
-                raise ProvisionError(f"Proxmox API error while {what}: {_describe(exc)}") from exc
+                raise ProvisionError(f"Proxmox API error while {what}: {describe(exc)}") from exc
 
     def wait_task(self, upid: Any, what: str, cancel: threading.Event | None = None,
                   timeout: float | None = None) -> None:
@@ -208,14 +155,14 @@ class ProxmoxProvisioner(Lifecycle):
             try:
                 status = self.api.nodes(node).tasks(upid).status.get()
             except (ResourceException, requests.RequestException) as exc:
-                if not _transient(exc):
-                    raise ProvisionError(f"{what}: cannot read the task status: {_describe(exc)}") from exc
+                if not is_transient(exc):
+                    raise ProvisionError(f"{what}: cannot read the task status: {describe(exc)}") from exc
                 status = None
             if status and status.get("status") == "stopped":
                 exitstatus = str(status.get("exitstatus") or "unknown")
                 if exitstatus == "OK" or exitstatus.startswith("WARNINGS"):
                     return
-                raise TaskFailed(what, _short(exitstatus))
+                raise TaskFailed(what, short_message(exitstatus))
             if time.monotonic() >= deadline:
                 raise ProvisionError(f"{what}: the task did not finish within {timeout:g} s")
             if self._pause(cancel, min(delay, max(0.0, deadline - time.monotonic()))):
@@ -226,8 +173,8 @@ class ProxmoxProvisioner(Lifecycle):
         try:
             return self._vm(node, vmid).config.get()
         except ResourceException as exc:
-            if _is_gone(exc):
-                raise _Gone(f"VM {vmid} does not exist") from exc
+            if is_gone(exc):
+                raise VmGone(f"VM {vmid} does not exist") from exc
             raise
 
     def _wait_unlocked(self, node: str, vmid: int, what: str, cancel: threading.Event | None,
@@ -239,8 +186,8 @@ class ProxmoxProvisioner(Lifecycle):
             try:
                 config = self._config(node, vmid)
             except (ResourceException, requests.RequestException) as exc:
-                if not _transient(exc) or time.monotonic() >= deadline:
-                    raise ProvisionError(f"Proxmox API error while {what}: {_describe(exc)}") from exc
+                if not is_transient(exc) or time.monotonic() >= deadline:
+                    raise ProvisionError(f"Proxmox API error while {what}: {describe(exc)}") from exc
                 config = None
             if config is not None and not config.get("lock"):
                 return config
@@ -347,7 +294,7 @@ class ProxmoxProvisioner(Lifecycle):
                 except ProvisionError:
                     raise
                 except (ResourceException, requests.RequestException) as exc:
-                    raise ProvisionError(f"Proxmox API error while picking a VMID: {_describe(exc)}") from exc
+                    raise ProvisionError(f"Proxmox API error while picking a VMID: {describe(exc)}") from exc
                 try:
                     upid = self.api.nodes(source).qemu(template).clone.post(newid=vmid, **params)
                     log.info("proxmox: contract %s: cloning template %s to VM %s on %s",
@@ -358,21 +305,21 @@ class ProxmoxProvisioner(Lifecycle):
                 except requests.RequestException as exc:
                     # The request may have reached PVE: the VM may exist. The caller removes it if ours.
                     raise _UnsureClone(vmid, f"Proxmox API error while cloning template {template} "
-                                             f"to VM {vmid}: {_describe(exc)}") from exc
-            if _is_taken(error) and races < MAX_VMID_RACES:
+                                             f"to VM {vmid}: {describe(exc)}") from exc
+            if is_taken(error) and races < MAX_VMID_RACES:
                 races += 1
-                log.info("proxmox: VMID %s was taken meanwhile (%s); picking another", vmid, _describe(error))
+                log.info("proxmox: VMID %s was taken meanwhile (%s); picking another", vmid, describe(error))
                 if self._pause(cancel, random.uniform(0, 0.05)):
                     raise Cancelled("cancelled before the clone")
                 continue
-            if _is_lock_wait(error) and time.monotonic() + delay < deadline:
-                log.info("proxmox: clone of %s waits for a lock: %s", template, _describe(error))
+            if is_lock_wait(error) and time.monotonic() + delay < deadline:
+                log.info("proxmox: clone of %s waits for a lock: %s", template, describe(error))
                 if self._pause(cancel, delay):
                     raise Cancelled("cancelled before the clone")
                 delay = min(delay * 2, 30.0)
                 continue
             raise ProvisionError(f"Proxmox API error while cloning template {template} to VM {vmid}: "
-                                 f"{_describe(error)}") from error
+                                 f"{describe(error)}") from error
 
     # ------------------------------------------------------------------ provision
 
@@ -401,7 +348,7 @@ class ProxmoxProvisioner(Lifecycle):
             if vmid is None or isinstance(exc, _Adopted):
                 if isinstance(exc, ProvisionError) or not isinstance(exc, Exception):
                     raise
-                raise ProvisionError(f"unexpected error before the clone: {_describe(exc)}") from exc
+                raise ProvisionError(f"unexpected error before the clone: {describe(exc)}") from exc
             problem = self._remove(node, vmid, contract.contract_id, attempt, running_clone)
             note = f"; VM {vmid} removed" if problem is None else f"; {problem}"
             if isinstance(exc, Cancelled):
@@ -411,7 +358,7 @@ class ProxmoxProvisioner(Lifecycle):
             if isinstance(exc, ProvisionError):
                 raise ProvisionError(f"{exc}{note}") from exc
             if isinstance(exc, Exception):
-                raise ProvisionError(f"unexpected error on VM {vmid}: {_describe(exc)}{note}") from exc
+                raise ProvisionError(f"unexpected error on VM {vmid}: {describe(exc)}{note}") from exc
             raise  # KeyboardInterrupt and the like, after the clean-up
 
     def _finish(self, contract: Contract, node: str, vmid: int, template: int, attempt: str,
@@ -490,11 +437,11 @@ class ProxmoxProvisioner(Lifecycle):
                 reply = agent.get()
             except (ResourceException, requests.RequestException) as exc:
                 if isinstance(exc, ResourceException) and exc.status_code in (401, 403):
-                    raise ProvisionError(f"cannot ask the guest agent of VM {vmid}: {_describe(exc)} "
+                    raise ProvisionError(f"cannot ask the guest agent of VM {vmid}: {describe(exc)} "
                                          "(the token needs VM.GuestAgent.Audit)") from exc
-                if _is_gone(exc):
+                if is_gone(exc):
                     raise ProvisionError(f"VM {vmid} disappeared while waiting for its address") from exc
-                last_error = _describe(exc)
+                last_error = describe(exc)
             else:
                 answered = True
                 ipv4, ipv6 = pick_addresses((reply or {}).get("result"), mac)
@@ -527,10 +474,10 @@ class ProxmoxProvisioner(Lifecycle):
                 pass  # failed or stopped: either way, see what is left below
         try:
             config = self._config(node, vmid)
-        except _Gone:
+        except VmGone:
             return None
         except (ResourceException, requests.RequestException) as exc:
-            return f"VM {vmid} could not be checked for removal ({_describe(exc)}); remove it by hand"
+            return f"VM {vmid} could not be checked for removal ({describe(exc)}); remove it by hand"
         text = config.get("description")
         if contract_of_description(text) != contract_id or attempt_of_description(text) != attempt:
             return f"VM {vmid} is not (or no longer) this attempt's, so it was left alone"
@@ -552,11 +499,11 @@ class ProxmoxProvisioner(Lifecycle):
             log.info("proxmox: VM %s on %s destroyed", vmid, node)
             return None
         except ProvisionError as exc:
-            if isinstance(exc, _Gone) or (isinstance(exc.__cause__, ResourceException) and _is_gone(exc.__cause__)):
+            if isinstance(exc, VmGone) or (isinstance(exc.__cause__, ResourceException) and is_gone(exc.__cause__)):
                 return None
             try:
                 self._config(node, vmid)
-            except _Gone:
+            except VmGone:
                 return None
             except Exception:  # noqa: BLE001 - report the original problem
                 pass
@@ -573,7 +520,7 @@ class ProxmoxProvisioner(Lifecycle):
             return [Instance(external_id=f"{r['node']}/{r['vmid']}", contract_id=contract_of_tags(r.get("tags")))
                     for r in self._ours()]
         except (ResourceException, requests.RequestException) as exc:
-            raise ProvisionError(f"Proxmox API error while listing VMs: {_describe(exc)}") from exc
+            raise ProvisionError(f"Proxmox API error while listing VMs: {describe(exc)}") from exc
 
     def find(self, contract_id: str) -> InstanceDetails | None:
         """This contract's VM after a crash: finished and returned if running, destroyed if stopped."""
@@ -582,13 +529,13 @@ class ProxmoxProvisioner(Lifecycle):
                 contract_of_tags(r.get("tags")) == contract_id or r.get("name") == vm_name(contract_id))]
         except (ResourceException, requests.RequestException) as exc:
             raise ProvisionError(f"Proxmox API error while looking for contract {contract_id}: "
-                                 f"{_describe(exc)}") from exc
+                                 f"{describe(exc)}") from exc
         found: InstanceDetails | None = None
         for res in candidates:
             node, vmid = str(res["node"]), int(res["vmid"])
             try:
                 config = self._wait_unlocked(node, vmid, f"waiting for VM {vmid} to be unlocked", None)
-            except _Gone:
+            except VmGone:
                 continue
             owner = contract_of_description(config.get("description")) or contract_of_tags(config.get("tags"))
             if owner != contract_id:
@@ -625,7 +572,7 @@ class ProxmoxProvisioner(Lifecycle):
         try:
             res = next((r for r in self._resources() if int(r.get("vmid", -1)) == vmid), None)
         except (ResourceException, requests.RequestException) as exc:
-            raise ProvisionError(f"Proxmox API error while looking up VM {vmid}: {_describe(exc)}") from exc
+            raise ProvisionError(f"Proxmox API error while looking up VM {vmid}: {describe(exc)}") from exc
         if res is None:
             return  # already gone
         if res.get("template") or AGENT_TAG not in [t.lower() for t in split_tags(res.get("tags"))]:
@@ -642,15 +589,15 @@ class ProxmoxProvisioner(Lifecycle):
         except ResourceException as exc:
             checks["api_reachable"] = True
             detail = ("API token rejected (check api_token_id and the secret)" if exc.status_code == 401
-                      else f"Proxmox API error: {_describe(exc)}")
+                      else f"Proxmox API error: {describe(exc)}")
             return Health(ok=False, detail=detail, checks=checks)
         except requests.RequestException as exc:
-            return Health(ok=False, detail=f"{self.cfg.api_url}: {_describe(exc)}", checks=checks)
+            return Health(ok=False, detail=f"{self.cfg.api_url}: {describe(exc)}", checks=checks)
         template = self.cfg.template_vmid
         try:
             res = next((r for r in self._resources() if int(r.get("vmid", -1)) == template), None)
         except (ResourceException, requests.RequestException) as exc:
-            return Health(ok=False, detail=f"cannot list VMs: {_describe(exc)}", checks=checks)
+            return Health(ok=False, detail=f"cannot list VMs: {describe(exc)}", checks=checks)
         if res is None:
             return Health(ok=False, checks=checks,
                           detail=f"template VM {template} not found (or the token lacks VM.Audit on it)")

@@ -25,7 +25,7 @@ KNOWN = {
     "api_url", "api_token_id", "api_token_secret", "api_token_secret_file", "node", "template_vmid",
     "storage", "bridge", "verify_tls", "ca_cert", "full_clone", "ip_timeout_seconds",
     "task_timeout_seconds", "api_timeout_seconds", "poll_interval_seconds", "vmid_range", "ciuser",
-    "ipconfig0", "pool", "max_parallel_clones",
+    "ipconfig0", "pool", "max_parallel_clones", "shutdown_timeout_seconds",
     # Not the driver's: `type` (a flat [provisioner] table) and `state_dir` (added by the agent); ignored.
     "type", "state_dir",
 }
@@ -58,6 +58,7 @@ class ProxmoxSettings:
     ipconfig0: str
     pool: str | None
     max_parallel_clones: int
+    shutdown_timeout: float = 120.0  # a pause's ACPI shutdown, before the VM is stopped hard
 
     @property
     def token_id(self) -> str:
@@ -236,4 +237,5 @@ def parse_settings(settings: dict[str, Any], config_path: Path | None = None) ->
         ipconfig0=ipconfig0,
         pool=_str(settings, "pool", pattern=POOL_ID, fix='a PVE resource pool, e.g. pool = "dc-vms"'),
         max_parallel_clones=max_clones,
+        shutdown_timeout=_seconds(settings, "shutdown_timeout_seconds", 120),
     )

@@ -211,3 +211,50 @@ def pick_addresses(interfaces: Any, mac: str | None) -> tuple[str | None, str | 
     # Global unicast (2000::/3) before unique-local (fc00::/7); the first of each kind in interface order.
     v6.sort(key=lambda a: a in ipaddress.ip_network("fc00::/7"))
     return v4, (str(v6[0]) if v6 else None)
+
+
+# --------------------------------------------------------------------------- SSH keys in the guest
+
+_KEY_TYPE = re.compile(r"^(?:ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9-]+@openssh\.com)$")
+USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+
+
+def authorized_keys_path(user: str) -> str:
+    """Where `user`'s keys live on a cloud image: /root/.ssh/… for root, else /home/<user>/.ssh/…."""
+    return "/root/.ssh/authorized_keys" if user == "root" else f"/home/{user}/.ssh/authorized_keys"
+
+
+def key_identity(line: str) -> tuple[str, str] | None:
+    """(type, base64 key) of an authorized_keys or public key line (options and comment ignored), else None."""
+    fields = line.split()
+    for i, field in enumerate(fields[:-1]):
+        if _KEY_TYPE.match(field):
+            return field, fields[i + 1]
+    return None
+
+
+def replace_key(text: str, new_key: str, old_keys: str | None) -> str:
+    """The authorized_keys (or cloud-init sshkeys) text with every line of `old_keys` removed and `new_key`
+    present once at the end; other lines (the tenant's own keys, comments) are kept in order."""
+    new_id = key_identity(new_key)
+    drop = {key_identity(line) for line in (old_keys or "").splitlines()} - {None}
+    kept = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        ident = key_identity(line)
+        if ident is not None and (ident in drop or ident == new_id):
+            continue
+        kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, new_key.strip()]) + "\n"
+
+
+def key_line_problem(line: str) -> str | None:
+    """Why `line` is not a single OpenSSH public key line, or None."""
+    if not line or not line.strip():
+        return "the new key is empty"
+    if any(ch in line for ch in "\r\n\x00"):
+        return "the new key must be a single line"
+    if key_identity(line) is None:
+        return "the new key is not an OpenSSH public key line ('<type> <base64> [comment]')"
+    return None

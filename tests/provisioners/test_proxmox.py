@@ -500,17 +500,20 @@ class TestLeastPrivilege:
     # README, "Create the API token": role -> privileges, and where each role is granted.
     ROLES = {
         "DCAgentVM": ("VM.Allocate", "VM.Audit", "VM.Config.Options", "VM.Config.CPU", "VM.Config.Memory",
-                      "VM.Config.Cloudinit", "VM.Config.Disk", "VM.PowerMgmt", "VM.GuestAgent.Audit"),
+                      "VM.Config.Cloudinit", "VM.Config.Disk", "VM.PowerMgmt", "VM.GuestAgent.Audit",
+                      "VM.GuestAgent.FileRead", "VM.GuestAgent.FileWrite"),
         "DCAgentTemplate": ("VM.Clone", "VM.Audit"),
         "DCAgentStorage": ("Datastore.AllocateSpace",),
         "DCAgentNet": ("SDN.Use",),
+        "DCAgentPassword": ("VM.GuestAgent.Unrestricted",),  # only for password resets (README)
     }
     ACLS = (("/pool/dc-vms", "DCAgentVM"), (f"/vms/{TEMPLATE_VMID}", "DCAgentTemplate"),
             ("/storage/local-lvm", "DCAgentStorage"), ("/sdn/zones/localnetwork/vmbr0", "DCAgentNet"))
+    PASSWORD_ACL = ("/pool/dc-vms", "DCAgentPassword")  # the README's optional grant for password resets
 
-    def grant_readme_acls(self, fake: FakePveServer, *, skip: str = "") -> None:
+    def grant_readme_acls(self, fake: FakePveServer, *, skip: str = "", password: bool = False) -> None:
         fake.pve.pools["dc-vms"] = set()
-        for path, role in self.ACLS:
+        for path, role in self.ACLS + ((self.PASSWORD_ACL,) if password else ()):
             privs = [p for p in self.ROLES[role] if p != skip]
             for who in (self.TOKEN, self.TOKEN.split("!")[0]):  # privilege separation: token and its user
                 fake.pve.grant(who, path, *privs)
