@@ -320,7 +320,7 @@ class ScriptProvisioner(Lifecycle):
                              external_id=external_id)
         except ProvisionError as exc:
             if secret and secret in str(exc):  # a script that echoed it: never let it reach a log
-                raise ProvisionError(str(exc).replace(secret, MASK)) from None
+                raise ProvisionError(str(exc).replace(secret, MASK), retryable=exc.retryable) from None
             raise
 
     def check_instance(self, external_id: str) -> InstanceHealth:

@@ -74,10 +74,9 @@ def reply(stdout: str, what: str) -> dict[str, Any]:
 
         retry = data.get("retry_possible")
         text = redact_text(str(data.get("error") or "no error text"))[:1500]
-        error = ProvisionError(f"{what} reported failure: {text}"
-                               + (" (the script says a retry is possible)" if retry is True else ""))
-        error.retryable = retry is not False  # type: ignore[attr-defined]
-        raise error
+        raise ProvisionError(f"{what} reported failure: {text}"
+                             + (" (the script says a retry is possible)" if retry is True else ""),
+                             retryable=retry is not False)
     return data
 
 
