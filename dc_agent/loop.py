@@ -53,6 +53,7 @@ class Agent:
         self.forced = False
         self.heartbeat_ok: bool | None = None
         self.poll_ok: bool | None = None
+        self.claim_supported = False  # the server's heartbeat offers `claim` (dispatch without polling)
         self.unfinished_threads = False
         self.wake: asyncio.Event | None = None
         self.stop_event: asyncio.Event | None = None
@@ -119,9 +120,9 @@ class Agent:
         except OSError as exc:  # a full disk must not stop provisioning; status will be stale
             self.log.warning("cannot write status file", error=str(exc))
 
-    async def until_stopped(self, work: Any) -> None:
+    async def until_stopped(self, work: Any) -> Any:
         """Run `work` unless a stop request comes first: then it is cancelled (a poll in flight must not
-        hold up a stop; a lock it may have taken lapses by itself)."""
+        hold up a stop; a lock it may have taken lapses by itself). `work`'s result, or None."""
         assert self.stop_event is not None
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self.stop_event.wait())
@@ -132,6 +133,7 @@ class Agent:
             if not task.done():
                 task.cancel()
             await asyncio.gather(task, stop, return_exceptions=True)
+        return task.result() if task.done() and not task.cancelled() and task.exception() is None else None
 
     # -- the public surface ------------------------------------------------------------------------------
 
@@ -187,7 +189,10 @@ class Agent:
     async def _run_once(self) -> int:
         await self.heartbeats.once()
         await self.delivery.flush()
-        await self.dispatcher.poll_once()
+        if self.claim_supported:
+            await self.dispatcher.claim_once(wait_seconds=0)
+        else:
+            await self.dispatcher.poll_once()
         while self.jobs:
             await asyncio.gather(*(j.task for j in list(self.jobs.values()) if j.task), return_exceptions=True)
         ok = bool(self.heartbeat_ok) and bool(self.poll_ok) and len(self.outbox) == 0

@@ -114,6 +114,12 @@ class AgentApi(Protocol):
 
     async def unlock(self, contract_id: str, *, quick: bool = False) -> None: ...
 
+    async def claim(self, max_contracts: int, wait_seconds: float, *, free_slots: int,
+                    exclude: list[str]) -> list[tuple[Offer, Lease]]:
+        """Lock up to `max_contracts` for this agent in one call, waiting up to `wait_seconds` for one to
+        arrive (only where a heartbeat answered `claim: true`)."""
+        ...
+
     async def started(self, contract_id: str) -> None:
         """Provisioning starts (best effort: the live API wants `provisioning` before `provisioned`)."""
         ...

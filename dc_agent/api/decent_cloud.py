@@ -210,6 +210,10 @@ class DecentCloudClient:
         expires = data.get("expiresAtNs")
         return Lease(expires_at_ns=int(expires) if isinstance(expires, (int, float)) else None)
 
+    async def claim(self, max_contracts: int, wait_seconds: float, *, free_slots: int,
+                    exclude: list[str]) -> list[tuple[Offer, Lease]]:
+        raise NotImplementedError("the live API has no claim endpoint (its heartbeat never offers one)")
+
     async def unlock(self, contract_id: str, *, quick: bool = False) -> None:
         await self._call("DELETE", f"{self._pk()}/contracts/{self._id(contract_id)}/lock",
                          policy="unlock-quick" if quick else "unlock")

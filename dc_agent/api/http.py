@@ -41,6 +41,7 @@ POLICIES: dict[str, RetryPolicy] = {
     "heartbeat": RetryPolicy(attempts=2, budget_seconds=10),
     "poll": RetryPolicy(attempts=2, budget_seconds=10),
     "lock": RetryPolicy(attempts=3, budget_seconds=15),
+    "claim": RetryPolicy(attempts=1, budget_seconds=90),  # a long poll: the loop itself calls again
     "renew": RetryPolicy(attempts=2, budget_seconds=10),
     "unlock": RetryPolicy(attempts=3, budget_seconds=10),
     "unlock-quick": RetryPolicy(attempts=1, budget_seconds=3),

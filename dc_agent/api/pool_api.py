@@ -98,25 +98,39 @@ class PoolApiClient:
     async def pending(self) -> list[Offer]:
         path = f"{self._pk()}/contracts/pending-provision"
         data = await self.http.call("GET", path, policy="poll")
-        offers = []
-        for item in _items(self.http.endpoint("GET", path), data, "contracts"):
-            if not isinstance(item, dict) or not item.get("contractId"):
-                continue
-            cid = str(item["contractId"])
-            try:
-                offers.append(Offer(cid, bool(item.get("lockedByMe")), Contract.from_api(item)))
-            except (KeyError, TypeError, ValueError) as exc:
-                offers.append(Offer(cid, bool(item.get("lockedByMe")), None, f"{type(exc).__name__}: {exc}"))
-        return offers
+        return [self._offer(item) for item in _items(self.http.endpoint("GET", path), data, "contracts")
+                if isinstance(item, dict) and item.get("contractId")]
 
-    async def lock(self, contract_id: str, *, renew: bool = False) -> Lease:
-        data = await self.http.call("POST", f"{self._contract(contract_id)}/lock",
-                                    policy="renew" if renew else "lock")
+    @staticmethod
+    def _lease(data: Any) -> Lease:
         data = data if isinstance(data, dict) else {}
         expires = data.get("expiresAtNs")
         first, locked = data.get("firstLockedAtNs"), data.get("lockedAtNs")
         return Lease(expires_at_ns=int(expires) if isinstance(expires, (int, float)) else None,
                      first_lock=isinstance(first, int) and first == locked)
+
+    @staticmethod
+    def _offer(item: dict[str, Any]) -> Offer:
+        cid = str(item["contractId"])
+        try:
+            return Offer(cid, bool(item.get("lockedByMe")), Contract.from_api(item))
+        except (KeyError, TypeError, ValueError) as exc:
+            return Offer(cid, bool(item.get("lockedByMe")), None, f"{type(exc).__name__}: {exc}")
+
+    async def lock(self, contract_id: str, *, renew: bool = False) -> Lease:
+        return self._lease(await self.http.call("POST", f"{self._contract(contract_id)}/lock",
+                                                policy="renew" if renew else "lock"))
+
+    async def claim(self, max_contracts: int, wait_seconds: float, *, free_slots: int,
+                    exclude: list[str]) -> list[tuple[Offer, Lease]]:
+        path = f"{self._pk()}/contracts/claim"
+        body: dict[str, Any] = {"max": max_contracts, "waitSeconds": round(wait_seconds, 1), "freeSlots": free_slots}
+        if exclude:
+            body["exclude"] = exclude[:200]
+        data = await self.http.call("POST", path, body, policy="claim")
+        return [(self._offer(item), self._lease(item))
+                for item in _items(self.http.endpoint("POST", path), data, "contracts")
+                if isinstance(item, dict) and item.get("contractId")]
 
     async def unlock(self, contract_id: str, *, quick: bool = False) -> None:
         await self.http.call("DELETE", f"{self._contract(contract_id)}/lock",

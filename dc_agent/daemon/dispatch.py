@@ -1,8 +1,13 @@
-"""Dispatch: fetch the pending contracts, lock as many as there are free slots, start a job for each.
+"""Dispatch: get contracts to work on and start a job for each, as many as there are free slots.
 
-Candidates are ordered by a hash of (agent key, contract id), so the agents of one pool do not all fight for
-the oldest contract; a contract this agent already holds comes first. A `Conflict` when locking just means
-another agent has it. Runs every `poll_interval_seconds` (with jitter) and at once when a job ends.
+Two ways, chosen by what the server offers (its heartbeat answer says `claim: true`):
+
+* claim (pool_api): one call locks up to `free slots` contracts for this agent and long-polls until one
+  arrives, so a contract is picked up the moment it is paid and two agents never fight for one;
+* poll (the live API, older servers): fetch the pending list every `poll_interval_seconds` (with jitter, and
+  at once when a job ends) and lock candidates one by one. Candidates are ordered by a hash of (agent key,
+  contract id), so the agents of one pool do not all fight for the oldest; a contract this agent already
+  holds comes first; a `Conflict` just means another agent has it.
 """
 
 from __future__ import annotations
@@ -77,13 +82,63 @@ class Dispatcher:
             a.start_job(offer.contract, clog, a.leases.expiry(lease, sent), first_lock=lease.first_lock)
         a.save_state(force=True)
 
+    def claim_wait_seconds(self) -> float:
+        """How long one claim may wait on the server: well inside the HTTP timeout."""
+        return max(0.0, min(25.0, self.agent.settings.request_timeout_seconds - 5.0))
+
+    async def claim_once(self, wait_seconds: float | None = None) -> bool:
+        """One claim (long-polling `wait_seconds`, default :meth:`claim_wait_seconds`); False when it failed
+        (the loop then waits before the next)."""
+        a = self.agent
+        if a.free_slots <= 0 or a.stopping:
+            return True
+        now = time.monotonic()
+        backing_off = [cid for cid, t in a.retry_after.items() if t > now]
+        busy = [*a.jobs, *a.delivering]
+        try:
+            wait = self.claim_wait_seconds() if wait_seconds is None else wait_seconds
+            claimed = await a.client.claim(a.free_slots, wait, free_slots=a.free_slots,
+                                           exclude=sorted(set(backing_off) | set(busy)))
+        except ApiError as exc:
+            a.poll_ok = False
+            a.state.count("poll_errors")
+            a.state.last_error = str(exc)
+            a.log.warning("could not claim contracts", error=str(exc))
+            return False
+        a.poll_ok = True
+        a.state.count("polls")
+        a.state.last_poll_ns = time.time_ns()
+        for offer, lease in claimed:
+            cid = offer.contract_id
+            clog = a.log.bind(contract_id=cid)
+            if cid in a.jobs or cid in a.delivering or a.outbox.has(cid):
+                continue  # ours already (a re-claim renewed it); the running job or the outbox carries on
+            sent = time.monotonic()
+            if offer.contract is None or a.retry_after.get(cid, 0) > now or a.free_slots <= 0:
+                if offer.contract is None:
+                    clog.error("claimed contract has an unexpected shape; releasing it", error=offer.problem)
+                    a.retry_after[cid] = now + a.settings.poll_interval_seconds * 4
+                with contextlib.suppress(ApiError):
+                    await a.client.unlock(cid)
+                continue
+            a.state.count("locks_acquired")
+            a.start_job(offer.contract, clog, a.leases.expiry(lease, sent), first_lock=lease.first_lock)
+        a.save_state(force=True)
+        return True
+
     async def loop(self) -> None:
         a = self.agent
         assert a.wake is not None
         while not a.stopping:
             a.wake.clear()
-            await a.until_stopped(self.poll_once())
-            a.save_state()
+            if a.claim_supported and a.free_slots > 0:
+                ok = await a.until_stopped(self.claim_once())
+                a.save_state()
+                if ok is not False:
+                    continue  # a long poll: ask again at once
+            else:
+                await a.until_stopped(self.poll_once())
+                a.save_state()
             timeout = a.settings.poll_interval_seconds * random.uniform(0.9, 1.1)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(a.wake.wait(), timeout=timeout)

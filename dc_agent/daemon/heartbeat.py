@@ -46,6 +46,11 @@ class Heartbeats:
             a.wake_outbox()
             a.wake_poll()
         a.heartbeat_ok = True
+        if answer.claim != a.claim_supported:
+            a.claim_supported = answer.claim
+            a.log.info("dispatch: " + ("the server offers claim; long-polling instead of polling" if answer.claim
+                                       else "polling for pending contracts"))
+            a.wake_poll()
         a.state.count("heartbeats")
         a.state.last_heartbeat_ns = time.time_ns()
         if answer.upgrade_to_version and answer.upgrade_to_version != self.upgrade_seen:
