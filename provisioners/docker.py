@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.DockerException):
         return short(str(exc))
     return short(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What every container made for one contract gets (the same across port retries)."""
+
+    image: str
+    limits: dict[str, Any]
+    storage: dict[str, str] | None
+    keys: list[str]
 
 
 class _Gone(ProvisionError):
@@ -177,15 +188,17 @@ class DockerProvisioner(Lifecycle):
             limits["nano_cpus"] = int(round(float(cores) * 1e9))
         if contract.memory_mb is not None:
             mem = contract.memory_mb
-            if isinstance(mem, bool) or not isinstance(mem, int) or mem < 8:
-                raise ProvisionError(f"the contract's memoryMb {mem!r} is not a number of MiB (at least 8)")
-            limits["mem_limit"] = limits["memswap_limit"] = mem * 1024 * 1024
+            if isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem < 8 or mem != int(mem):
+                raise ProvisionError(f"the contract's memoryMb {mem!r} is not a whole number of MiB (at least 8)")
+            limits["mem_limit"] = limits["memswap_limit"] = int(mem) * 1024 * 1024
         return limits
 
     def _storage_opt(self, contract: Contract) -> dict[str, str] | None:
         """`size` for the container's writable layer, when the storage driver can enforce one."""
-        if not contract.storage_gb:
+        if not contract.storage_gb or isinstance(contract.storage_gb, bool):
             return None
+        if not isinstance(contract.storage_gb, (int, float)) or contract.storage_gb < 0:
+            raise ProvisionError(f"the contract's storageGb {contract.storage_gb!r} is not a number of GiB")
         if self._storage_ok is None:
             with self._calling("reading the daemon's storage driver"):
                 info = self.api.info()
@@ -236,7 +249,7 @@ class DockerProvisioner(Lifecycle):
         with self._calling(f"checking for image {image}"):
             ensure_image(self.api, self.cfg.base_url, image, timeout=self.cfg.pull_timeout,
                          read_timeout=self.cfg.api_timeout, cancel=cancel)
-        storage = self._storage_opt(contract)
+        spec = _Spec(image, limits, self._storage_opt(contract), keys)
         for _ in range(PORT_TRIES):
             if cancel.is_set():
                 raise Cancelled("cancelled before the container was created")
@@ -244,20 +257,20 @@ class DockerProvisioner(Lifecycle):
                 port = self._pick_port(self._used_ports())
             attempt = uuid.uuid4().hex
             try:
-                return self._make(contract, image, limits, storage, keys, port, attempt, cancel)
+                return self._make(contract, spec, port, attempt, cancel)
             except _PortTaken as exc:
                 log.info("docker: contract %s: %s; trying another port", contract.contract_id, exc)
         raise ProvisionError(f"host ports on {self.cfg.host_ip} were taken {PORT_TRIES} times in a row")
 
-    def _make(self, contract: Contract, image: str, limits: dict[str, Any], storage: dict[str, str] | None,
-              keys: list[str], port: int, attempt: str, cancel: threading.Event) -> InstanceDetails:
+    def _make(self, contract: Contract, spec: _Spec, port: int, attempt: str,
+              cancel: threading.Event) -> InstanceDetails:
         name = container_name(contract.contract_id, attempt)
         try:
-            container_id = self._create(contract, image, limits, storage, name, port, attempt)
+            container_id = self._create(contract, spec, name, port, attempt)
             self.checkpoint("created", name, cancel)
-            if keys:
+            if spec.keys:
                 with self._calling(f"writing {docker_keys.AUTHORIZED_KEYS} into container {name}"):
-                    self.api.put_archive(container_id, "/", docker_keys.archive(docker_keys.merged("", keys)))
+                    self.api.put_archive(container_id, "/", docker_keys.archive(docker_keys.merged("", spec.keys)))
             self.checkpoint("keys_installed", name, cancel)
             self._start(container_id, name, port)
             self.checkpoint("started", name, cancel)
@@ -280,31 +293,31 @@ class DockerProvisioner(Lifecycle):
                  details.external_id[:12], self.cfg.public_ip, details.ssh_port)
         return details
 
-    def _create(self, contract: Contract, image: str, limits: dict[str, Any], storage: dict[str, str] | None,
-                name: str, port: int, attempt: str) -> str:
+    def _create(self, contract: Contract, spec: _Spec, name: str, port: int, attempt: str) -> str:
         labels = {**self.cfg.labels, LABEL_MANAGED: "true", LABEL_CONTRACT: contract.contract_id,
                   LABEL_AGENT: self.cfg.agent_label, LABEL_ATTEMPT: attempt}
-        ssh = f"{self.cfg.ssh_port}/tcp"
         host_config: dict[str, Any] = {
-            "port_bindings": {ssh: (self.cfg.host_ip, port)},
+            "port_bindings": {f"{self.cfg.ssh_port}/tcp": (self.cfg.host_ip, port)},
             "network_mode": self.cfg.network,
             "restart_policy": {"Name": "unless-stopped"},
-            **limits,
+            **spec.limits,
         }
-        with self._calling(f"creating container {name} from {image}"):
+
+        def create(storage: dict[str, str] | None) -> dict[str, Any]:
+            return self.api.create_container(
+                spec.image, name=name, labels=labels, ports=[(self.cfg.ssh_port, "tcp")], detach=True,
+                host_config=self.api.create_host_config(**host_config, storage_opt=storage))
+
+        with self._calling(f"creating container {name} from {spec.image}"):
             try:
-                made = self.api.create_container(
-                    image, name=name, labels=labels, ports=[(self.cfg.ssh_port, "tcp")], detach=True,
-                    host_config=self.api.create_host_config(**host_config, storage_opt=storage))
+                made = create(spec.storage)
             except docker.errors.APIError as exc:
                 text = str(exc.explanation or "").lower()
-                if storage is None or not any(s in text for s in _STORAGE_REFUSED):
+                if spec.storage is None or not any(s in text for s in _STORAGE_REFUSED):
                     raise
                 log.warning("docker: the daemon refused a disk size (%s); storageGb is not enforced", describe(exc))
                 self._storage_ok = False
-                made = self.api.create_container(
-                    image, name=name, labels=labels, ports=[(self.cfg.ssh_port, "tcp")], detach=True,
-                    host_config=self.api.create_host_config(**host_config))
+                made = create(None)
         for warning in made.get("Warnings") or []:
             log.warning("docker: container %s: %s", name, short(warning))
         return str(made["Id"])

@@ -24,12 +24,14 @@ from provisioners.docker import LABEL_AGENT, LABEL_ATTEMPT, LABEL_CONTRACT, LABE
 from provisioners.docker_config import parse_settings
 from tests.support.dockerd import (  # noqa: F401 - docker_daemon and daemon are fixtures
     TEST_LABEL,
+    Background,
     DockerDaemon,
     Pausing,
     daemon,
     docker_daemon,
     exec_in,
     inspect,
+    silent_registry,
     wait_for,
 )
 
@@ -204,13 +206,24 @@ class TestProvision:
 
     def test_a_stalled_registry_is_bounded_by_the_pull_timeout(self, daemon):
         """A registry that accepts and never answers: ProvisionError naming pull_timeout_seconds."""
-        with socket.socket() as registry:
-            registry.bind(("127.0.0.1", 0))
-            registry.listen(8)
-            image = f"127.0.0.1:{registry.getsockname()[1]}/dc-agent-test/stalled:1"
+        with silent_registry() as (_registry, image):
             drv = load("docker", daemon.settings(pull_timeout_seconds=1.5))
             with pytest.raises(ProvisionError, match=r"did not finish within 1.5 s \(pull_timeout_seconds\)"):
                 drv.provision(Contract(contract_id=cid(), provisioner_config={"image": image}), threading.Event())
+        assert daemon.containers() == []
+
+    def test_cancel_during_a_pull_stops_it_at_once(self, daemon):
+        """Cancelled while dockerd waits on the registry: Cancelled long before the pull timeout, nothing made."""
+        with silent_registry() as (registry, image):
+            drv = load("docker", daemon.settings(pull_timeout_seconds=120))
+            cancel = threading.Event()
+            call = Background(lambda: drv.provision(Contract(contract_id=cid(), provisioner_config={"image": image}),
+                                                    cancel))
+            conn, _ = registry.accept()  # dockerd is pulling now
+            cancel.set()
+            error = call.join(60)
+            conn.close()
+        assert isinstance(error, Cancelled) and "while pulling image" in str(error), error
         assert daemon.containers() == []
 
     @pytest.mark.parametrize("step", STEPS)
@@ -227,23 +240,13 @@ class TestProvision:
         drv = Pausing(daemon.settings())
         drv.pause_at = "started"
         cancel = threading.Event()
-        result: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                drv.provision(Contract(contract_id=cid(), cpu_cores=1, memory_mb=64), cancel)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                result.append(exc)
-
-        worker = threading.Thread(target=run)
-        worker.start()
+        call = Background(lambda: drv.provision(Contract(contract_id=cid(), cpu_cores=1, memory_mb=64), cancel))
         assert drv.reached.wait(60)
         (running,) = daemon.containers()
         assert running["State"] == "running"
         cancel.set()
         drv.resume.set()
-        worker.join(60)
-        assert len(result) == 1 and isinstance(result[0], Cancelled), result
+        assert isinstance(call.join(60), Cancelled), call.error
         assert daemon.containers() == []
 
     def test_a_host_port_taken_meanwhile_is_retried_on_another(self, daemon):
@@ -261,6 +264,22 @@ class TestProvision:
 
             details = Unlucky(daemon.settings()).provision(Contract(contract_id=cid()), threading.Event())
         assert picks[0] == taken and details.ssh_port == picks[1] != taken
+        assert [c["Id"] for c in daemon.containers()] == [details.external_id]
+
+    def test_a_refused_disk_size_is_skipped_not_fatal(self, daemon):
+        """A driver that believes the storage driver limits disks (here it cannot: overlay2 on ext4) asks for
+        a size; the daemon refuses it and the container is made without one."""
+        class Hopeful(DockerProvisioner):
+            def __init__(self, settings: dict[str, Any]) -> None:
+                super().__init__(settings)
+                self._storage_ok = True
+
+        with daemon.api() as api:
+            info = api.info()
+        if dict(info.get("DriverStatus") or []).get("Backing Filesystem") == "xfs":
+            pytest.skip("this daemon's storage may enforce disk sizes; the refusal cannot be seen here")
+        details = Hopeful(daemon.settings()).provision(Contract(contract_id=cid(), storage_gb=3), threading.Event())
+        assert details.extra["storageLimited"] is False
         assert [c["Id"] for c in daemon.containers()] == [details.external_id]
 
     def test_foreign_containers_are_never_listed_adopted_or_removed(self, daemon):

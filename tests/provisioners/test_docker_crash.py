@@ -18,6 +18,7 @@ import pytest
 
 from provisioners import Cancelled, Contract, load
 from tests.support.dockerd import (  # noqa: F401 - docker_daemon and daemon are fixtures
+    Background,
     DockerDaemon,
     Pausing,
     daemon,
@@ -109,23 +110,13 @@ def test_an_adopted_container_survives_the_attempt_that_made_it(daemon, contract
     first = Pausing(daemon.settings())
     first.pause_at = "started"
     cancel = threading.Event()
-    outcome: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            first.provision(Contract(contract_id=contract_id), cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    call = Background(lambda: first.provision(Contract(contract_id=contract_id), cancel))
     assert first.reached.wait(60)
     found = load("docker", daemon.settings()).find(contract_id)
     assert found is not None
     cancel.set()
     first.resume.set()
-    worker.join(60)
-    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    assert isinstance(call.join(60), Cancelled), call.error
     assert [c["Id"] for c in ours(daemon)] == [found.external_id]
     assert inspect(daemon, found.external_id)["State"]["Running"]
 

@@ -8,6 +8,8 @@ through docker-proxy (the userland proxy) listening on 127.0.0.1; the containers
 network made for the session, which tests never address directly. It is stopped, and its directory
 removed, at the end of the session.
 
+Before any test, a probe container checks that a port published on 127.0.0.1 reaches it.
+
 The images (`docker import` of tarballs assembled from host binaries, cached in the daemon):
 - `busybox`: a static busybox with its applets; its command sleeps until SIGTERM. No chpasswd.
 - `health`: the same, with a HEALTHCHECK that passes while /tmp/healthy exists.
@@ -23,12 +25,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,51 +91,42 @@ class _RootFs:
         for i in range(1, len(parts) + 1):
             self.folder("/".join(parts[:i]))
 
-    def folder(self, name: str, mode: int = 0o755) -> None:
-        name = name.strip("/")
+    def _add(self, info: tarfile.TarInfo, content: Any = None) -> bool:
+        """Add an entry (and its missing parent folders) once; False if the name was there already."""
+        name = info.name = info.name.strip("/")
         if not name or name in self._names:
-            return
+            return False
         self._parents(name)
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        self._tar.addfile(info, content)
+        self._names.add(name)
+        return True
+
+    def folder(self, name: str, mode: int = 0o755) -> None:
         info = tarfile.TarInfo(name)
         info.type, info.mode = tarfile.DIRTYPE, mode
-        self._tar.addfile(info)
-        self._names.add(name)
+        self._add(info)
 
     def text(self, name: str, content: str, mode: int = 0o644) -> None:
-        name = name.strip("/")
-        self._parents(name)
         data = content.encode()
         info = tarfile.TarInfo(name)
         info.size, info.mode = len(data), mode
-        self._tar.addfile(info, io.BytesIO(data))
-        self._names.add(name)
+        self._add(info, io.BytesIO(data))
+
+    def link(self, name: str, target: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        self._add(info)
 
     def host_file(self, path: str, with_libraries: bool = True, name: str | None = None) -> None:
         """Copy a host file (links resolved) to the same path (or `name`), plus the libraries it needs."""
-        name = (name or path).strip("/")
-        if name in self._names:
-            return
         real = os.path.realpath(path)
-        self._parents(name)
-        info = self._tar.gettarinfo(real, arcname=name)
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
         with open(real, "rb") as handle:
-            self._tar.addfile(info, handle)
-        self._names.add(name)
-        if with_libraries:
+            added = self._add(self._tar.gettarinfo(real, arcname=(name or path).strip("/")), handle)
+        if added and with_libraries:
             for lib in _libraries(path):
                 self.host_file(lib, with_libraries=False)
-
-    def link(self, name: str, target: str) -> None:
-        name = name.strip("/")
-        if name in self._names:
-            return
-        self._parents(name)
-        info = tarfile.TarInfo(name)
-        info.type, info.linkname = tarfile.SYMTYPE, target
-        self._tar.addfile(info)
-        self._names.add(name)
 
     def data(self) -> bytes:
         self._tar.close()
@@ -337,7 +332,41 @@ def start_daemon() -> DockerDaemon:
     except Exception as exc:
         daemon.stop()
         raise DaemonUnavailable(f"cannot create a bridge network on the daemon: {exc}") from None
+    try:
+        _probe_published_port(daemon)
+    except BaseException:
+        daemon.stop()
+        raise
     return daemon
+
+
+def _probe_published_port(daemon: DockerDaemon) -> None:
+    """A port published on 127.0.0.1 must reach a container on the session's network (through
+    docker-proxy, as iptables is off); otherwise the docker tests cannot run here."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with daemon.api() as api:
+        made = api.create_container(
+            daemon.image("busybox"), ["nc", "-ll", "-p", "22", "-e", "/bin/echo", "dc-probe"], ports=[22],
+            labels={TEST_LABEL: daemon.session},
+            host_config=api.create_host_config(port_bindings={22: ("127.0.0.1", port)}, network_mode=daemon.network))
+        try:
+            api.start(made["Id"])
+
+            def answer() -> bytes:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                        return conn.recv(64)
+                except OSError:
+                    return b""
+
+            wait_until(lambda: b"dc-probe" in answer(), timeout=20, interval=0.1,
+                       what="a port published on 127.0.0.1 to reach a container")
+        except AssertionError as exc:
+            raise DaemonUnavailable(f"published ports do not reach containers here: {exc}") from None
+        finally:
+            api.remove_container(made["Id"], force=True)
 
 
 _shared: dict[str, Any] = {}
@@ -354,6 +383,9 @@ def docker_daemon() -> Iterator[DockerDaemon]:
         except DaemonUnavailable as exc:
             _shared["error"] = f"no Docker daemon: {exc}"
             pytest.skip(_shared["error"])
+        except pytest.skip.Exception as exc:  # a missing package for the test images
+            _shared["error"] = str(exc.msg)
+            raise
         _shared["users"] = 0
     _shared["users"] += 1
     try:
@@ -393,6 +425,36 @@ class Pausing(DockerProvisioner):
             self.reached.set()
             self.resume.wait(60)
         super().checkpoint(step, name, cancel)
+
+
+class Background:
+    """A call run in a thread; `error` is what it raised (None once it returned)."""
+
+    def __init__(self, call: Any) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Any) -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def join(self, timeout: float = 60) -> BaseException | None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the background call did not end"
+        return self.error
+
+
+@contextmanager
+def silent_registry() -> Iterator[tuple[socket.socket, str]]:
+    """A loopback "registry" that accepts connections and never answers: (its socket, an image on it)."""
+    with socket.socket() as registry:
+        registry.bind(("127.0.0.1", 0))
+        registry.listen(8)
+        registry.settimeout(30)
+        yield registry, f"127.0.0.1:{registry.getsockname()[1]}/dc-agent-test/stalled:1"
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
