@@ -32,6 +32,18 @@ if TYPE_CHECKING:
 BACKOFF_CAP_SECONDS = 3600.0
 
 
+def driver_call(driver: Any, method: str, what: str) -> Any:
+    """`driver.method`, or a function raising Unsupported for a driver written before the lifecycle existed
+    (the Provisioner protocol does not require these methods; provisioners.base.Lifecycle has them)."""
+    fn = getattr(driver, method, None)
+    if fn is not None:
+        return fn
+
+    def unsupported(*_: Any) -> Any:
+        raise Unsupported(f"the {getattr(driver, 'name', 'configured')} driver cannot {what}")
+    return unsupported
+
+
 class Aftercare:
     def __init__(self, agent: "Agent", registry: InstanceRegistry, queue: ActionQueue) -> None:
         self.agent = agent
@@ -67,7 +79,8 @@ class Aftercare:
             clog = a.log.bind(contract_id=cid, external_id=entry["externalId"])
             started = time.monotonic()
             try:
-                health = await a.in_thread(a.provisioner.check_instance, entry["externalId"])
+                check = driver_call(a.provisioner, "check_instance", "check health")
+                health = await a.in_thread(check, entry["externalId"])
             except Exception as exc:  # noqa: BLE001 - a check that fails says "unknown", it does not stop the rest
                 health = InstanceHealth("unknown", f"health check failed: {type(exc).__name__}: {exc}"[:300])
             if health.latency_ms is None:
@@ -106,7 +119,7 @@ class Aftercare:
             return
         clog = a.log.bind(contract_id=cid, external_id=item.external_id)
         try:
-            await a.in_thread(a.provisioner.stop, item.external_id)
+            await a.in_thread(driver_call(a.provisioner, "stop", "stop (pause) an instance"), item.external_id)
         except Unsupported as exc:
             self._once("pause", cid, clog, "the server asks to pause this instance, but the driver cannot: "
                        "left running", error=str(exc))
@@ -135,7 +148,7 @@ class Aftercare:
             return
         clog = a.log.bind(contract_id=cid, external_id=item.external_id)
         try:
-            await a.in_thread(a.provisioner.start, item.external_id)
+            await a.in_thread(driver_call(a.provisioner, "start", "start (resume) an instance"), item.external_id)
         except Exception as exc:  # noqa: BLE001
             a.state.count("pause_errors")
             clog.warning("could not start the instance after its pause ended; trying again at the next reconcile",
@@ -170,12 +183,14 @@ class Aftercare:
         entry.external_id = external
         if req.kind == PASSWORD:
             assert entry.password is not None
-            await a.in_thread(a.provisioner.set_password, external, entry.password, req.username)
+            await a.in_thread(driver_call(a.provisioner, "set_password", "reset a password"), external,
+                              entry.password, req.username)
         else:
             if not req.new_key:
                 raise ProvisionError("the rotation request carries no new key", retryable=False)
             old = req.old_key or (self.registry.get(req.contract_id) or {}).get("sshKey")
-            await a.in_thread(a.provisioner.rotate_ssh_key, external, req.new_key, old)
+            await a.in_thread(driver_call(a.provisioner, "rotate_ssh_key", "rotate SSH keys"), external,
+                              req.new_key, old)
 
     async def carry_out(self, entry: ActionEntry) -> bool:
         """Apply (unless already applied) and report one action; True when it is finished with."""
