@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dc_agent.api.base import PASSWORD, ActionRequest
-from dc_agent.fsutil import atomic_write, ensure_dir
+from dc_common.fsutil import atomic_write, ensure_dir
 
 PASSWORD_ALPHABET = string.ascii_letters + string.digits
 PASSWORD_LENGTH = 24

@@ -223,7 +223,7 @@ class Settings:
 
     def public_view(self) -> dict[str, Any]:
         """What `status` may show: no secret of the provisioner settings."""
-        from dc_agent.redact import redact_mapping
+        from dc_common.redact import redact_mapping
 
         return {
             "config_path": str(self.config_path),

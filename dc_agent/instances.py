@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dc_agent.fsutil import atomic_write
+from dc_common.fsutil import atomic_write
 
 FILE = "instances.json"
 

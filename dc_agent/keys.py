@@ -9,7 +9,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from dc_agent.errors import ConfigFileError
-from dc_agent.fsutil import atomic_write
+from dc_common.fsutil import atomic_write
 
 
 def generate() -> SigningKey:

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from dc_agent.redact import MASK, is_secret_key, redact_value
+from dc_common.redact import MASK, is_secret_key, redact_value
 
 
 class Redact:

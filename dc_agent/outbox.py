@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dc_agent.fsutil import atomic_write, ensure_dir, remove_durably
+from dc_common.fsutil import atomic_write, ensure_dir, remove_durably
 
 Kind = Literal["provisioned", "failed"]
 

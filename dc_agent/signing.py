@@ -21,14 +21,13 @@ from typing import Literal, Protocol
 import httpx
 from nacl.signing import SigningKey
 
+from dc_common.signing import signature_message
+
 Role = Literal["agent", "provider"]
 IDENTITY_HEADER: dict[Role, str] = {"agent": "X-Agent-Pubkey", "provider": "X-Public-Key"}
 DECENT_CLOUD_CONTEXT = b"decent-cloud"
-
-
-def signature_message(timestamp_ns: str, nonce: str, method: str, path: str, body: bytes) -> bytes:
-    """The exact bytes both sides sign and verify: no separators, PATH without host or query."""
-    return timestamp_ns.encode() + nonce.encode() + method.upper().encode() + path.encode() + body
+__all__ = ["DECENT_CLOUD_CONTEXT", "Ed25519Auth", "Ed25519Signer", "Ed25519phSigner", "SignedRequestAuth",
+           "Signer", "sign_headers", "signature_message"]
 
 
 class Signer(Protocol):

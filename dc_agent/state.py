@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dc_agent.errors import ConfigFileError
-from dc_agent.fsutil import atomic_write, ensure_dir
+from dc_common.fsutil import atomic_write, ensure_dir
 
 STATUS_FILE = "status.json"
 LOCK_FILE = "agent.lock"

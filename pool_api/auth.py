@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
 from nacl.signing import VerifyKey
 
-from dc_agent.signing import signature_message  # the one definition both sides sign and verify
+from dc_common.signing import signature_message  # the one definition both sides sign and verify
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.tables import agent_delegations, providers, request_nonces

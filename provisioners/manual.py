@@ -33,7 +33,7 @@ def _name(contract_id: str) -> str:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    from dc_agent.fsutil import atomic_write
+    from dc_common.fsutil import atomic_write
 
     atomic_write(path, json.dumps(data, sort_keys=True, indent=1).encode())
 

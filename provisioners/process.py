@@ -100,7 +100,7 @@ def kill_group(pgid: int, grace: float, reap: Callable[[], object] | None = None
 
 def last_lines(text: str, n: int = 10) -> str:
     """The last `n` non-empty lines joined with " | ", with recognisable secrets masked."""
-    from dc_agent.redact import redact_text
+    from dc_common.redact import redact_text
 
     lines = deque((line.rstrip() for line in text.splitlines() if line.strip()), maxlen=n)
     return redact_text(" | ".join(lines)[-1500:])

@@ -32,7 +32,7 @@ class RunRecords:
 
     def record(self, contract_id: str, pid: int) -> Callable[[], None]:
         """Record the run of `contract_id` as process `pid`; the returned function removes the record."""
-        from dc_agent.fsutil import atomic_write  # small, stdlib-only
+        from dc_common.fsutil import atomic_write  # small, stdlib-only
 
         path = self.runs_dir / f"{hashlib.sha256(contract_id.encode()).hexdigest()[:12]}-{pid}.json"
         atomic_write(path, json.dumps({"contractId": contract_id, "pid": pid,

@@ -70,7 +70,7 @@ def reply(stdout: str, what: str) -> dict[str, Any]:
         raise ProvisionError(f"{what} printed JSON without a true/false \"success\"; the Rust protocol's reply "
                              f"is {REPLY_SHAPE} (got: {snippet!r})")
     if not data["success"]:
-        from dc_agent.redact import redact_text
+        from dc_common.redact import redact_text
 
         retry = data.get("retry_possible")
         text = redact_text(str(data.get("error") or "no error text"))[:1500]

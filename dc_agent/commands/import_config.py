@@ -121,8 +121,8 @@ def run_import(*, source: Path, key: Path | None, config: Path | None, force: bo
                public_ip: str | None = None) -> int:
     from dc_agent import config as cfg
     from dc_agent import keys
-    from dc_agent.fsutil import atomic_write, ensure_dir
-    from dc_agent.redact import redact_mapping
+    from dc_common.fsutil import atomic_write, ensure_dir
+    from dc_common.redact import redact_mapping
     from dc_agent.rust_config import RustConfigError, translate
 
     source = source.expanduser().absolute()

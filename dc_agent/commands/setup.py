@@ -45,7 +45,7 @@ def run_setup(*, token: str, api_url: str, config: Path | None, label: str | Non
     from dc_agent import config as cfg
     from dc_agent import keys
     from dc_agent.api.http import register
-    from dc_agent.fsutil import atomic_write, ensure_dir
+    from dc_common.fsutil import atomic_write, ensure_dir
 
     config_path = cfg.resolve_config_path(config).absolute()
     key_path = cfg.default_key_path(config_path)

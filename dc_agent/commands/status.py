@@ -124,7 +124,7 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
         if report["api"].get("error"):
             problems.append(report["api"]["error"])
     report["healthy"] = all(checks.values())
-    from dc_agent.redact import redact_value
+    from dc_common.redact import redact_value
 
     return redact_value(report)
 

@@ -6,7 +6,7 @@ import io
 import json
 
 from dc_agent import log
-from dc_agent.redact import is_secret_key
+from dc_common.redact import is_secret_key
 
 
 class TestRedaction:
@@ -62,7 +62,7 @@ class TestTracebacks:
 class TestStatusView:
     def test_every_value_of_a_script_environment_is_masked(self):
         """[provisioner.script] env may hold any secret under any name: status shows the names only."""
-        from dc_agent.redact import redact_mapping
+        from dc_common.redact import redact_mapping
 
         shown = redact_mapping({"command": ["/usr/local/bin/provision"],
                                 "env": {"HCLOUD_KEY": "hk-very-private-123", "DB_PASS": "hunter2", "REGION": "eu"}})
