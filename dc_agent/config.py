@@ -151,6 +151,14 @@ def _dialect(value: Any) -> str:
     return text
 
 
+def _listen(value: Any) -> str:
+    from dc_agent.metrics import parse_listen
+
+    text = _string(value)
+    parse_listen(text)
+    return text
+
+
 def _log_level(value: Any) -> str:
     text = _string(value).lower()
     if text not in {"debug", "info", "warning", "error"}:
@@ -182,6 +190,7 @@ AGENT_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "ca_cert": (_string, None, "PEM file of a private CA that signed pool_api's certificate"),
     "state_dir": (_string, None, "outbox and status directory (default /var/lib/dc-agent as root)"),
     "log_level": (_log_level, "info", "debug, info, warning or error"),
+    "metrics_listen": (_listen, None, "HOST:PORT for Prometheus metrics (off unless set; e.g. 127.0.0.1:9464)"),
 }
 KEYS_OPTIONS = {"private_key_path"}
 FLAG_OPTIONS = {"api_url", "poll_interval_seconds", "max_concurrent", "state_dir", "log_level",
@@ -215,6 +224,7 @@ class Settings:
     request_timeout_seconds: float = 30.0
     ca_cert: str | None = None
     log_level: str = "info"
+    metrics_listen: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     @property

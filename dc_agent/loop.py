@@ -71,6 +71,7 @@ class Agent:
         self.registry = InstanceRegistry(settings.state_dir)
         self.aftercare = Aftercare(self, self.registry, ActionQueue(settings.state_dir))
         self.shutdown = Shutdown(self)
+        self.metrics: Any = None  # dc_agent.metrics.AgentMetrics when [agent] metrics_listen is set
 
     # -- shared helpers -------------------------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class Agent:
         self.state.label = self.settings.label
         self.state.dialect = self.client.dialect
         self.shutdown.install_signals()
+        self._start_metrics()
         await self._recover_orphans()
         self.log.info("agent started", version=__version__, pool_id=self.settings.pool_id,
                       api_dialect=self.client.dialect, provisioner=self.settings.provisioner_type,
@@ -184,7 +186,24 @@ class Agent:
             return 1 if self.forced else 0
         finally:
             self.save_state(force=True)
+            if self.metrics is not None:
+                self.metrics.close()
             self._executor.shutdown(wait=not self.unfinished_threads, cancel_futures=True)
+
+    def _start_metrics(self) -> None:
+        if not self.settings.metrics_listen:
+            return
+        from dc_agent.metrics import AgentMetrics
+
+        metrics = AgentMetrics(self)
+        try:
+            host, port = metrics.serve(self.settings.metrics_listen)
+        except OSError as exc:  # a busy port must not stop provisioning
+            self.log.error("cannot serve metrics; running without them", listen=self.settings.metrics_listen,
+                           error=str(exc))
+            return
+        self.metrics = metrics
+        self.log.info("metrics served", url=f"http://{host}:{port}/metrics")
 
     async def _run_once(self) -> int:
         await self.heartbeats.once()

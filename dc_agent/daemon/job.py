@@ -101,6 +101,8 @@ class JobRunner:
                 renewer.cancel()
                 await asyncio.gather(renewer, return_exceptions=True)
             await self.finish(job, details, error, adopted)
+            if a.metrics is not None and not job.lost and not job.stopped_for_shutdown:
+                a.metrics.observe("provisioned" if details is not None else "failed", time.monotonic() - job.started)
         finally:
             a.jobs.pop(cid, None)
             a.save_state(force=True)

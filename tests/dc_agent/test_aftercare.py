@@ -179,3 +179,22 @@ def test_failures_back_off_exponentially_up_to_an_hour(tmp_path: Path):
     assert waits[:4] == [30] * 4  # the first failures are retried at the normal pace
     assert waits[4:8] == [60, 120, 240, 480]
     assert waits[-1] == 3600 and max(waits) == 3600
+
+
+def test_metrics_endpoint_reads_the_agent_state(tmp_path: Path):
+    """metrics_listen serves the agent's counters, gauges and the duration histogram on loopback."""
+    import httpx
+
+    agent = make_agent(tmp_path, LifecycleApi(), Driver(), metrics_listen="127.0.0.1:0")
+    agent._start_metrics()
+    try:
+        assert agent.metrics is not None
+        agent.state.count("renewals", 3)
+        agent.metrics.observe("provisioned", 4.2)
+        port = agent.metrics._server.server_address[1]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "dc_agent_renewals_total 3.0" in text
+        assert "dc_agent_outbox_backlog 0.0" in text
+        assert 'dc_agent_provisioning_seconds_count{result="provisioned"} 1.0' in text
+    finally:
+        agent.metrics.close()
