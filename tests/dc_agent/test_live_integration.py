@@ -209,3 +209,55 @@ class TestLiveFleet:
                        for line in lines), lines
             assert any("expected a list" in line for line in lines), lines
             assert any("database is busy" in line for line in lines), lines
+
+
+def test_a_rust_agents_config_imports_and_runs(tmp_path, capsys):
+    """A Rust dc-agent 0.6 registered with the live API (its key, its dc-agent.toml, its one-script-per-action
+    provisioner) is switched with `dc-agent import-config`, then `dc-agent run` provisions each contract once
+    with the same identity and the same script."""
+    from nacl.signing import SigningKey
+
+    from tests.dc_agent.fleet import AgentProc
+    from tests.dc_agent.test_import_config import rust_key, script_section
+
+    with running_live_api(tmp_path / "api") as server:
+        provider, pool_id = server.create_pool(provisioner_type="script", name="rust-pool")
+        offering = server.create_offering(provider, pool_id=pool_id, cpu_cores=1, memory_amount="1 GB")
+        key_path = rust_key(tmp_path / "root" / ".dc-agent", seed=b"\x42" * 32)
+        pubkey = SigningKey(b"\x42" * 32).verify_key.encode().hex()
+        import httpx
+
+        answer = httpx.post(f"{server.api_url}/agents/setup", json={"token": server.setup_token(pool_id),
+                                                                     "agentPubkey": pubkey}).json()
+        assert answer["success"], answer  # the Rust agent's registration, as `dc-agent setup token` does it
+        rust = tmp_path / "etc" / "dc-agent.toml"
+        rust.parent.mkdir(parents=True)
+        rust.write_text(f'[api]\nendpoint = "{server.url}"\nprovider_pubkey = "{provider}"\n'
+                        f'agent_secret_key = "{key_path}"\npool_id = "{pool_id}"\n\n'
+                        f'[polling]\ninterval_seconds = 1\n\n[provisioner]\n{script_section(tmp_path)}')
+        ours = tmp_path / "ours" / "config.toml"
+        res = subprocess.run([*dc_agent_command(), "import-config", str(rust), "--config", str(ours)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert res.returncode == 0, res.stdout + res.stderr
+        data = tomllib.loads(ours.read_text())
+        assert data["agent"]["api_dialect"] == "decent-cloud"
+        assert data["provisioner"]["script"]["protocol"] == "rust"
+        agent = AgentProc(name="imported", config=ours, log_path=tmp_path / "imported.log")
+        agent.start()
+        try:
+            ids = server.create_contracts(provider, offering, 3)
+
+            def provisioned():
+                rows = {r["contract_id"]: r for r in server.contracts()}
+                return all(rows[c]["status"] == "active" for c in ids)
+            wait_until(provisioned, 90, "the imported agent to provision 3 contracts",
+                       details=lambda: agent.log_path.read_text()[-3000:])
+            for cid in ids:
+                history = server.contract(cid)["history"]
+                puts = [h["status"] for h in history if h["kind"] == "status" and h.get("success")]
+                assert puts == ["provisioning", "provisioned"], puts
+                assert {h["agent_pubkey"] for h in history if h["kind"] == "status"} == {pubkey}
+            calls = (tmp_path / "vms" / "calls.log").read_text().split()
+            assert calls.count("provision") == 3, calls
+        finally:
+            agent.stop()
