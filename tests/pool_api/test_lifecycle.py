@@ -215,13 +215,17 @@ def test_upgrade_from_0003_keeps_existing_contracts(db_url: str) -> None:
                     "created_at_ns, updated_at_ns, instance_details, failure_count, first_locked_at_ns) VALUES "
                     "(:c, :p, 'o', :s, 'succeeded', 1, 1, :d, 0, 0)"),
                     {"c": cid, "p": p, "s": status, "d": json.dumps({"externalId": "pve1/100"})})
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "0004")
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
             rows = conn.execute(sa.text("SELECT contract_id, status, ends_at_ns, paused_at_ns, health_status "
                                         "FROM contracts ORDER BY contract_id")).all()
             assert [tuple(r) for r in rows] == [("old-open", "accepted", None, None, None),
                                                ("old-running", "provisioned", None, None, None)]
+            assert conn.execute(sa.text("SELECT count(*) FROM contract_requests")).scalar_one() == 0
+            command.upgrade(cfg, "head")  # and the code of today works on those contracts
             caller = Caller(role="agent", pubkey="cd" * 32, provider_pubkey=p, pool_id=None)
             assert instance_health.record(conn, caller, "old-running", "healthy", None, 1.0, 5) == {"recorded": True}
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+            assert conn.execute(sa.text("SELECT health_status FROM contracts WHERE contract_id = 'old-running'")
+                                ).scalar_one() == "healthy"
     finally:
         engine.dispose()
