@@ -189,14 +189,24 @@ class Lifecycle:
     def rotate_ssh_key(self, external_id: str, new_key: str, old_key: str | None = None) -> None:
         raise Unsupported(f"the {getattr(self, 'name', 'this')} driver cannot rotate SSH keys")
 
+    def inventory(self) -> dict[str, Any]:
+        """The host's resources for the heartbeat (:mod:`provisioners.inventory` shape). Default: this machine
+        (/proc and the root file system), right for drivers whose instances live where the agent runs."""
+        from provisioners.inventory import local_host
+
+        return local_host()
+
 
 def capabilities(driver: object) -> list[str]:
     """The lifecycle actions `driver` overrides (for heartbeats and `status`): health, pause, password, ssh_key.
 
     A driver whose support depends on its settings (the script driver: one command per action) also
     defines `lifecycle_configured(method) -> bool`; an overridden method it says is not configured counts
-    as unsupported.
+    as unsupported. A driver with its own `capabilities()` method (several drivers in one) answers itself.
     """
+    own = getattr(driver, "capabilities", None)
+    if callable(own):  # a driver over other drivers (provisioners.multi) answers for them
+        return list(own())
     configured = getattr(driver, "lifecycle_configured", None)
 
     def overrides(name: str) -> bool:

@@ -561,3 +561,13 @@ class DockerProvisioner(Lifecycle):
             return Health(ok=False, checks=checks,
                           detail=f"{where}: default image {image} is not on the host (`docker pull {image}`)")
         return Health(ok=True, checks=checks, detail=f"{where}, default image {image} present")
+
+    def inventory(self) -> dict[str, Any]:
+        """The Docker host's resources for the heartbeat: `docker info` (CPUs, memory, storage driver) and the
+        tagged images as templates (vmid 0); CPU model, free memory and the data root's free space from this
+        machine when the daemon is local (a unix socket)."""
+        from provisioners.docker_inventory import docker_inventory
+
+        with self._calling("reading docker info"):
+            return docker_inventory(self.api.info(), self.api.images(), local=self.cfg.base_url.startswith("unix://"),
+                                    default_image=self.cfg.default_image)

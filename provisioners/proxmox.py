@@ -608,6 +608,12 @@ class ProxmoxProvisioner(ProxmoxLifecycle):
                       detail=f"PVE {version.get('version', '?')} at {self.cfg.api_url}, node {self.cfg.node}, "
                              f"template {template} on {res.get('node')}")
 
+    def inventory(self) -> dict[str, Any]:
+        """The node's resources for the heartbeat (provisioners/proxmox_inventory.py says what needs which grant)."""
+        from provisioners.proxmox_inventory import node_inventory
+
+        return node_inventory(self.api, self.cfg.node, self.__dict__.setdefault("_inventory_refused", set()))
+
 
 class _UnsureClone(ProvisionError):
     """The clone request failed in transit: the VM may or may not exist."""
