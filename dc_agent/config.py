@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,17 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _log_level(value: Any) -> str:
     text = _string(value).lower()
     if text not in {"debug", "info", "warning", "error"}:
@@ -191,10 +203,28 @@ AGENT_OPTIONS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "state_dir": (_string, None, "outbox and status directory (default /var/lib/dc-agent as root)"),
     "log_level": (_log_level, "info", "debug, info, warning or error"),
     "metrics_listen": (_listen, None, "HOST:PORT for Prometheus metrics (off unless set; e.g. 127.0.0.1:9464)"),
+    "auto_upgrade": (_bool, False, "act on a heartbeat's upgradeToVersion: run `dc-agent upgrade --version V` "
+                     "(once per version)"),
 }
 KEYS_OPTIONS = {"private_key_path"}
 FLAG_OPTIONS = {"api_url", "poll_interval_seconds", "max_concurrent", "state_dir", "log_level",
                 "private_key_path", "lock_timeout_seconds"}
+
+
+@dataclass(frozen=True)
+class ProvisionerTable:
+    """One provisioner of the agent: the default (`[provisioner]`, named by its type) or a
+    `[provisioners.<name>]` table (its `type`, the rest that driver's settings)."""
+
+    name: str
+    type: str
+    settings: dict[str, Any]
+    default: bool = False
+
+    @property
+    def table(self) -> str:
+        """How messages name the table the settings came from."""
+        return f"[provisioner.{self.type}]" if self.default else f"[provisioners.{self.name}]"
 
 
 @dataclass
@@ -225,6 +255,8 @@ class Settings:
     ca_cert: str | None = None
     log_level: str = "info"
     metrics_listen: str | None = None
+    auto_upgrade: bool = False
+    extra_provisioners: list["ProvisionerTable"] = field(default_factory=list)  # [provisioners.<name>]
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -247,6 +279,8 @@ class Settings:
             "state_dir": str(self.state_dir),
             "provisioner_type": self.provisioner_type,
             "provisioner_settings": redact_mapping(self.provisioner_settings),
+            "provisioners": [{"name": t.name, "type": t.type, "settings": redact_mapping(t.settings)}
+                             for t in self.extra_provisioners],
             "poll_interval_seconds": self.poll_interval_seconds,
             "lock_timeout_seconds": self.lock_timeout_seconds,
             "max_concurrent": self.max_concurrent,
@@ -358,9 +392,41 @@ def load(config_path: str | Path | None = None, overrides: dict[str, Any] | None
         state_dir=state_dir,
         provisioner_type=kind,
         provisioner_settings=merged,
+        extra_provisioners=_extra_provisioners(path, data.get("provisioners"), kind),
         sources=sources,
         **values,
     )
+
+
+PROVISIONER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _extra_provisioners(path: Path, tables: Any, default_type: str) -> list[ProvisionerTable]:
+    """The `[provisioners.<name>]` tables, in file order: each a `type` plus that driver's settings."""
+    from provisioners import DRIVERS
+
+    if tables is None:
+        return []
+    if not isinstance(tables, dict):
+        raise ConfigFileError(f"{path}: provisioners must be tables, e.g. [provisioners.gpu] type = \"proxmox\"")
+    out = []
+    for name, table in tables.items():
+        where = f"{path}: [provisioners.{name}]"
+        if not PROVISIONER_NAME.match(name):
+            raise ConfigFileError(f"{where}: the name may hold letters, digits, '.', '_' and '-' (at most 64)")
+        if not isinstance(table, dict):
+            raise ConfigFileError(f"{where} must be a table with a type, e.g. type = \"docker\"")
+        kind = table.get("type")
+        if not isinstance(kind, str):
+            raise ConfigFileError(f"{where} type is missing; set it to one of: {', '.join(sorted(DRIVERS))}")
+        if kind not in DRIVERS:
+            raise ConfigFileError(f"{where} type = {kind!r} is not a known driver; "
+                                  f"use one of: {', '.join(sorted(DRIVERS))}")
+        if name == default_type:
+            raise ConfigFileError(f"{where}: {name!r} already names the default provisioner ([provisioner] type = "
+                                  f"{default_type!r}); give this one another name")
+        out.append(ProvisionerTable(name=name, type=kind, settings={k: v for k, v in table.items() if k != "type"}))
+    return out
 
 
 def driver_settings(settings: Settings) -> dict[str, Any]:
@@ -368,6 +434,27 @@ def driver_settings(settings: Settings) -> dict[str, Any]:
     out = dict(settings.provisioner_settings)
     out.setdefault("state_dir", str(settings.state_dir / settings.provisioner_type))
     return out
+
+
+def provisioner_tables(settings: Settings) -> list[ProvisionerTable]:
+    """Every provisioner, the default first, each with its driver settings (a named one's state directory is
+    `<state_dir>/provisioners/<name>`, apart from the default's `<state_dir>/<type>` and the outbox)."""
+    out = [ProvisionerTable(settings.provisioner_type, settings.provisioner_type, driver_settings(settings),
+                            default=True)]
+    for extra in settings.extra_provisioners:
+        own = dict(extra.settings)
+        own.setdefault("state_dir", str(settings.state_dir / "provisioners" / extra.name))
+        out.append(ProvisionerTable(extra.name, extra.type, own))
+    return out
+
+
+def load_driver(settings: Settings) -> Any:
+    """The agent's provisioner: the default's driver, or one routing driver over all of them when
+    `[provisioners.<name>]` tables add more (:mod:`provisioners.multi`). Raises provisioners.ConfigError."""
+    from provisioners.multi import build
+
+    return build(provisioner_tables(settings), config_path=settings.config_path,
+                 state_dir=settings.state_dir / "provisioners")
 
 
 def render(*, api_url: str, provider_pubkey: str, pool_id: str, pool_name: str | None, label: str | None,

@@ -20,11 +20,13 @@ def _handoff(config: Path | None, command: str) -> Any:
     except ConfigFileError as exc:
         fail(f"manual {command}", str(exc))
         return None
-    if settings.provisioner_type != "manual":
+    manual = [t for t in cfg.provisioner_tables(settings) if t.type == "manual"]
+    if not manual:
         fail(f"manual {command}", f"{settings.config_path}: [provisioner] type is {settings.provisioner_type!r}, "
-                                  "not \"manual\"; manual commands only apply to the manual provisioner")
+                                  "not \"manual\" (nor has any [provisioners.<name>] type = \"manual\"); manual "
+                                  "commands only apply to the manual provisioner")
         return None
-    return HandoffDir(Path(cfg.driver_settings(settings)["state_dir"]))
+    return HandoffDir(Path(manual[0].settings["state_dir"]))
 
 
 def run_list(*, config: Path | None, as_json: bool) -> int:

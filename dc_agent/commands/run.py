@@ -15,12 +15,10 @@ def build(config: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any, Any
     """(settings, signing key, provisioner); raises ConfigFileError / provisioners.ConfigError."""
     from dc_agent import config as cfg
     from dc_agent import keys
-    import provisioners
 
     settings = cfg.load(config, overrides)
     key = keys.load(settings.private_key_path)
-    driver = provisioners.load(settings.provisioner_type, cfg.driver_settings(settings),
-                               config_path=settings.config_path)
+    driver = cfg.load_driver(settings)
     return settings, key, driver
 
 

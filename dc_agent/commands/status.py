@@ -100,13 +100,19 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
     # provisioner
     try:
-        driver = provisioners.load(settings.provisioner_type, cfg.driver_settings(settings),
-                                   config_path=settings.config_path)
-        health = driver.health()
-        report["provisioner"].update({"healthy": health.ok, "detail": health.detail, "checks": health.checks})
-        checks["provisioner"] = health.ok
-        if not health.ok:
-            problems.append(f"provisioner: {health.detail}")
+        from provisioners.multi import describe
+
+        items = describe(cfg.load_driver(settings))
+        healthy = all(item["healthy"] for item in items)
+        detail = items[0]["detail"] if len(items) == 1 else \
+            ("all healthy" if healthy else "; ".join(f"{i['name']}: {i['detail']}" for i in items if not i["healthy"]))
+        report["provisioner"].update({"healthy": healthy, "detail": detail, "checks": items[0]["checks"]
+                                      if len(items) == 1 else {i["name"]: i["healthy"] for i in items}})
+        report["provisioners"] = items
+        checks["provisioner"] = healthy
+        for item in items:
+            if not item["healthy"]:
+                problems.append(f"provisioner{'' if len(items) == 1 else ' ' + item['name']}: {item['detail']}")
     except provisioners.ConfigError as exc:
         checks["provisioner"] = False
         report["provisioner"].update({"healthy": False, "detail": str(exc)})
@@ -192,6 +198,9 @@ def _table(report: dict[str, Any]) -> str:
                                   str(cfg.get("api_dialect")), str(cfg.get("api_dialect", "-")))),
         (mark("signatureAccepted"), "signature accepted", "yes (signed heartbeat)" if api.get("signatureAccepted") else "no"),
         (mark("provisioner"), "provisioner", f"{prov.get('type', '-')}: {prov.get('detail', '')}"),
+        *[("ok  " if item.get("healthy") else "FAIL", f"  {item['name']}",
+           f"{item['type']}{' (default)' if item.get('default') else ''}: {item.get('detail', '')}")
+          for item in report.get("provisioners") or [] if len(report.get("provisioners") or []) > 1],
         (mark("polling" if agent.get("running") else "agentRunning"), "agent process", (f"running (pid {agent.get('pid')})" if agent.get("running") else "not running")
          + (", draining" if agent.get("draining") else "")),
         ("    ", "last successful poll", _ago(agent.get("lastPollNs"))),
