@@ -35,6 +35,10 @@ agent_pools = sa.Table(
     sa.Column("location", sa.String(16), nullable=False),
     sa.Column("provisioner_type", sa.String(16), nullable=False),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    # Pool priorities (migration 0005): this pool's contracts also go to the fallback pool's agents once this
+    # pool has had no online agent for fallback_after_seconds (pool_api.fallback).
+    sa.Column("fallback_pool_id", sa.String(64), sa.ForeignKey("agent_pools.pool_id", ondelete="SET NULL")),
+    sa.Column("fallback_after_seconds", sa.Integer, nullable=False, server_default="300"),
     sa.UniqueConstraint("provider_pubkey", "name"),
 )
 
@@ -68,6 +72,13 @@ agent_delegations = sa.Table(
     sa.Column("provisioner_type", sa.String(16)),
     sa.Column("active_contracts", sa.Integer),
     sa.Column("capacity", Json),
+    # Dispatch (migration 0005): the latest capacity (heartbeat or claim), the streak of failed provisions
+    # (reset by a provisioned report), and until when a claim of this agent waits (pool_api.claims).
+    sa.Column("max_concurrent", sa.Integer),
+    sa.Column("free_slots", sa.Integer),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_failure_ns", sa.BigInteger),
+    sa.Column("claim_waiting_until_ns", sa.BigInteger),
     sa.Index(None, "provider_pubkey"),
     sa.Index(None, "pool_id"),
 )
@@ -129,6 +140,10 @@ contracts = sa.Table(
     sa.Column("health_latency_ms", sa.Float),
     sa.Column("health_checked_at_ns", sa.BigInteger),
     sa.Column("health_agent", sa.String(64)),
+    # Sticky re-provisioning (migration 0005): the agent of the latest lock keeps first pick of the contract
+    # until sticky_until_ns (its lock's expiry + one TTL) while it is online; cleared by release and failed.
+    sa.Column("sticky_agent", sa.String(64)),
+    sa.Column("sticky_until_ns", sa.BigInteger),
     # pending-provision: provider + status, oldest first.
     sa.Index(None, "provider_pubkey", "status", "created_at_ns"),
     sa.Index(None, "offering_id"),
@@ -169,6 +184,23 @@ contract_requests = sa.Table(
     sa.Column("completed_by", sa.String(64)),
     sa.Index(None, "contract_id", "kind", "status"),
     sa.Index(None, "kind", "status"),
+)
+
+# One row per provision outcome (migration 0005), for the pools' success rate and provisioning times:
+# outcome provisioned (duration_ns = first lock -> provisioned) or failed; pool_id is the reporting agent's
+# pool. Rows older than EVENT_RETENTION (pool_api.provision_stats) are deleted by the hourly job.
+provision_events = sa.Table(
+    "provision_events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("provider_pubkey", sa.String(64), nullable=False),
+    sa.Column("pool_id", sa.String(64)),
+    sa.Column("agent_pubkey", sa.String(64), nullable=False),
+    sa.Column("contract_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("at_ns", sa.BigInteger, nullable=False),
+    sa.Column("duration_ns", sa.BigInteger),
+    sa.Index(None, "pool_id", "at_ns"),
+    sa.Index(None, "at_ns"),
 )
 
 request_nonces = sa.Table(
