@@ -84,6 +84,21 @@ def serve(
         help="Installer served as GET /install.sh for the one-liner (default: systemd/install.sh of this checkout).",
         **_env("INSTALLER_PATH"))] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", **_env("LOG_LEVEL"))] = "info",
+    claim: Annotated[bool, typer.Option("--claim/--no-claim", help="Advertise POST .../contracts/claim to agents "
+                                        "(`claim` in the setup and heartbeat answers); the endpoint works either way.",
+                                        **_env("CLAIM"))] = True,
+    claim_recheck_seconds: Annotated[float, typer.Option(min=0.05, help="Waiting claims re-check the database this "
+                                                         "often, whatever the notifications.",
+                                                         **_env("CLAIM_RECHECK_SECONDS"))] = 2.0,
+    unhealthy_after_failures: Annotated[int, typer.Option(min=1, help="Failed provisions in a row after which an "
+                                                          "agent is passed over while a healthy one of its pool is "
+                                                          "online.", **_env("UNHEALTHY_AFTER_FAILURES"))] = 3,
+    failure_cooldown_seconds: Annotated[int, typer.Option(min=0, help="An unhealthy agent gets work again once its "
+                                                          "last failure is this old.",
+                                                          **_env("FAILURE_COOLDOWN_SECONDS"))] = 600,
+    metrics: Annotated[bool, typer.Option("--metrics/--no-metrics", help="Serve GET /metrics (Prometheus; no "
+                                          "signature: keep it on loopback or behind the proxy).",
+                                          **_env("METRICS"))] = True,
 ) -> None:
     """Apply migrations, then serve the API (GET /api/v1/health answers 200) with the background jobs."""
     import uvicorn
@@ -98,10 +113,20 @@ def serve(
     settings = Settings(database_url=db.normalize_url(database_url or db.default_database_url()),
                         lock_ttl_seconds=lock_ttl_seconds, lock_sweep_seconds=lock_sweep_seconds,
                         token_sweep_seconds=token_sweep_seconds, heartbeat_seconds=heartbeat_seconds,
-                        public_url=public_url, installer_path=installer_path)
+                        public_url=public_url, installer_path=installer_path, advertise_claim=claim,
+                        claim_recheck_seconds=claim_recheck_seconds, unhealthy_after_failures=unhealthy_after_failures,
+                        failure_cooldown_seconds=failure_cooldown_seconds, metrics=metrics)
     engine = _engine(settings.database_url)
-    uvicorn.run(create_app(settings, engine), host=host, port=port, access_log=False, log_level=log_level.lower(),
-                server_header=False, timeout_graceful_shutdown=10)
+    app = create_app(settings, engine)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:  # noqa: ANN001
+            app.state.claim_hub.release_all()  # waiting claims answer `[]` now instead of holding the stop
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level=log_level.lower(),
+                            server_header=False, timeout_graceful_shutdown=10)
+    Server(config).run()
 
 
 @app.command()

@@ -7,10 +7,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pool_api import wakeups
 from pool_api.auth import Caller
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
-from pool_api.routing import DEFAULT_PROVISIONER_TYPE, routes_to, routes_to_clause
+from pool_api.routing import DEFAULT_PROVISIONER_TYPE, routes_to
 from pool_api.tables import agent_pools as p
 from pool_api.tables import contracts as c
 from pool_api.tables import offerings as o
@@ -78,12 +79,13 @@ def agent_pool(conn: sa.Connection, caller: Caller) -> Any:
     return conn.execute(sa.select(p).where(p.c.pool_id == caller.pool_id)).first()
 
 
-def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str) -> Any:
+def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str, rules: Any = None) -> Any:
     """The contract + its offering's routing columns, if this agent may act on it.
 
     404 for an unknown contract or one of another provider (no existence leak across providers);
     403 for a contract of this provider that routes to another pool, unless this agent holds its
-    lock or provisioned it. A legacy agent (no pool) may act on all of its provider's contracts.
+    lock or provisioned it, or its pool is that pool's due fallback (pool_api.fallback, judged by
+    `rules`, a DispatchRules). A legacy agent (no pool) may act on all of its provider's contracts.
     """
     row = conn.execute(
         sa.select(c, o.c.agent_pool_id, o.c.datacenter_country, o.c.provisioner_type)
@@ -98,8 +100,18 @@ def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str) -> Any
     offering = {"agent_pool_id": row.agent_pool_id, "datacenter_country": row.datacenter_country,
                 "provisioner_type": row.provisioner_type}
     if pool is None or not routes_to(offering, pool._mapping):
-        raise ApiError(403, "contract belongs to another pool")
+        if not _fallback_routes(conn, caller, offering, rules):
+            raise ApiError(403, "contract belongs to another pool")
     return row
+
+
+def _fallback_routes(conn: sa.Connection, caller: Caller, offering: dict[str, Any], rules: Any) -> bool:
+    """Does the offering route to a pool that the caller's pool serves now as its fallback?"""
+    from pool_api import eligibility  # imports this module
+    from pool_api.dispatch_rules import DispatchRules
+
+    eligible = eligibility.for_agent(conn, caller, now_ns(), rules or DispatchRules())
+    return any(routes_to(offering, pool) for pool in (eligible.pools or [])[1:])
 
 
 def get_contract(conn: sa.Connection, contract_id: str) -> Any:
@@ -109,54 +121,68 @@ def get_contract(conn: sa.Connection, contract_id: str) -> Any:
     return row
 
 
-def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now: int | None = None) -> list[dict[str, Any]]:
-    """PROTOCOL.md's pending-provision filter, oldest first, including contracts this agent holds."""
-    now = now_ns() if now is None else now
+def _item_query() -> sa.Select:
+    """Contracts with the offering fields a pending-provision item shows."""
     explicit = p.alias("explicit_pool")
-    q = (
+    return (
         sa.select(c, o.c.cpu_cores, o.c.memory_mb, o.c.storage_gb, o.c.provisioner_type.label("offering_ptype"),
                   o.c.provisioner_config, o.c.datacenter_country, o.c.name.label("offering_name"), o.c.product_type,
                   explicit.c.provisioner_type.label("pool_ptype"))
         .select_from(c.join(o, o.c.offering_id == c.c.offering_id)
                      .outerjoin(explicit, explicit.c.pool_id == o.c.agent_pool_id))
-        .where(
-            c.c.provider_pubkey == caller.provider_pubkey,
-            c.c.status.in_(PROVISIONABLE),
-            c.c.payment_status == "succeeded",
-            not_ended(now),
-            sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
-        )
+    )
+
+
+def _item_json(r: Any, me: str) -> dict[str, Any]:
+    return {
+        "contractId": r.contract_id,
+        "offeringId": r.offering_id,
+        "offeringName": r.offering_name,
+        "productType": r.product_type,
+        "status": r.status,
+        "requesterSshPubkey": r.requester_ssh_pubkey,
+        "cpuCores": r.cpu_cores,
+        "memoryMb": r.memory_mb,
+        "storageGb": r.storage_gb,
+        "provisionerType": r.offering_ptype or r.pool_ptype or DEFAULT_PROVISIONER_TYPE,
+        "provisionerConfig": r.provisioner_config,
+        "instanceConfig": r.instance_config,
+        "datacenterCountry": r.datacenter_country,
+        "createdAtNs": r.created_at_ns,
+        "lockedByMe": r.lock_agent == me,
+        "lockExpiresNs": r.lock_expires_ns if r.lock_agent == me else None,
+        "failureCount": r.failure_count,
+    }
+
+
+def pending_items(conn: sa.Connection, contract_ids: list[str], me: str) -> dict[str, dict[str, Any]]:
+    """Pending-provision items of these contracts, by id (the claim answer's items)."""
+    if not contract_ids:
+        return {}
+    return {r.contract_id: _item_json(r, me) for r in conn.execute(_item_query().where(c.c.contract_id.in_(contract_ids)))}
+
+
+def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now: int | None = None,
+                      rules: Any = None) -> list[dict[str, Any]]:
+    """PROTOCOL.md's pending-provision filter, oldest first, including contracts this agent holds; plus the
+    pools it is the due fallback for, and only its own locks while it is passed over (pool_api.eligibility)."""
+    from pool_api import eligibility  # imports this module
+    from pool_api.dispatch_rules import DispatchRules
+
+    now = now_ns() if now is None else now
+    q = (
+        _item_query()
+        .where(eligibility.open_contract(caller.provider_pubkey, now), eligibility.free_lock(caller.pubkey, now))
         .order_by(c.c.created_at_ns, c.c.contract_id)
         .limit(limit)
     )
     if caller.pool_id is not None:
-        pool = agent_pool(conn, caller)
-        if pool is None:
+        eligible = eligibility.for_agent(conn, caller, now, rules or DispatchRules())
+        if not eligible.pools:
             return []
-        q = q.where(sa.or_(routes_to_clause(o, pool._mapping),
-                           c.c.lock_agent == caller.pubkey))
-    out = []
-    for r in conn.execute(q):
-        out.append({
-            "contractId": r.contract_id,
-            "offeringId": r.offering_id,
-            "offeringName": r.offering_name,
-            "productType": r.product_type,
-            "status": r.status,
-            "requesterSshPubkey": r.requester_ssh_pubkey,
-            "cpuCores": r.cpu_cores,
-            "memoryMb": r.memory_mb,
-            "storageGb": r.storage_gb,
-            "provisionerType": r.offering_ptype or r.pool_ptype or DEFAULT_PROVISIONER_TYPE,
-            "provisionerConfig": r.provisioner_config,
-            "instanceConfig": r.instance_config,
-            "datacenterCountry": r.datacenter_country,
-            "createdAtNs": r.created_at_ns,
-            "lockedByMe": r.lock_agent == caller.pubkey,
-            "lockExpiresNs": r.lock_expires_ns if r.lock_agent == caller.pubkey else None,
-            "failureCount": r.failure_count,
-        })
-    return out
+        mine = c.c.lock_agent == caller.pubkey
+        q = q.where(mine if eligible.passed_over else sa.or_(eligibility.route_clause(eligible), mine))
+    return [_item_json(r, caller.pubkey) for r in conn.execute(q)]
 
 
 # --- admin (stand-ins for the marketplace) -------------------------------------------------------
@@ -176,6 +202,7 @@ def create_contracts(conn: sa.Connection, offering_id: str, *, ssh_pubkey: str |
             for i in range(count)]
     if rows:
         conn.execute(sa.insert(c), rows)
+        wakeups.notify(conn, offering.provider_pubkey)  # waiting claims look again once this commits
     return [r["contract_id"] for r in rows]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pool_api import agent_health, provision_stats, wakeups
 from pool_api.auth import Caller
 from pool_api.contracts import HAS_INSTANCE, PROVISIONABLE, has_ended, load_for_agent, not_ended
 from pool_api.db import now_ns
@@ -36,6 +37,7 @@ from pool_api.errors import ApiError
 from pool_api.tables import contracts as c
 
 _CLEAR_LOCK = dict(lock_agent=None, lock_at_ns=None, lock_expires_ns=None)
+_NOT_STICKY = dict(sticky_agent=None, sticky_until_ns=None)  # the agent gave the contract back (eligibility)
 
 
 def _not_open(row: Any) -> ApiError | None:
@@ -51,8 +53,9 @@ def _not_open(row: Any) -> ApiError | None:
     return None
 
 
-def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: int) -> dict[str, Any]:
-    load_for_agent(conn, caller, contract_id)
+def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: int, rules: Any = None) -> dict[str, Any]:
+    """`rules` (a DispatchRules) judges whether the caller's pool is the contract's due fallback pool."""
+    load_for_agent(conn, caller, contract_id, rules)
     now = now_ns()
     expires = now + ttl_seconds * 1_000_000_000
     got = conn.execute(
@@ -65,7 +68,8 @@ def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: 
             sa.or_(c.c.lock_agent.is_(None), c.c.lock_agent == caller.pubkey, c.c.lock_expires_ns < now),
         )
         .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now,
-                first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, now))
+                first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, now),
+                sticky_agent=caller.pubkey, sticky_until_ns=expires + ttl_seconds * 1_000_000_000)
         .returning(c.c.first_locked_at_ns)
     ).first()
     if got is not None:
@@ -82,9 +86,10 @@ def release(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, 
     now = now_ns()
     got = conn.execute(
         sa.update(c).where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey)
-        .values(updated_at_ns=now, **_CLEAR_LOCK)
+        .values(updated_at_ns=now, **_CLEAR_LOCK, **_NOT_STICKY)
     ).rowcount
     if got == 1:
+        wakeups.notify(conn, caller.provider_pubkey)
         return {"released": True, "contractId": contract_id}
     row = load_for_agent(conn, caller, contract_id)
     if row.lock_agent is None:
@@ -93,16 +98,25 @@ def release(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, 
 
 
 def provisioned(conn: sa.Connection, caller: Caller, contract_id: str, details: dict[str, Any]) -> dict[str, Any]:
+    """Also ends the agent's failure streak and records the outcome with its provisioning time (first lock ->
+    now), which the answer carries as `firstLockedAtNs` (None for a contract locked before migration 0003)."""
     load_for_agent(conn, caller, contract_id)
     now = now_ns()
-    got = conn.execute(
+    done = conn.execute(
         sa.update(c)
         .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status.in_(PROVISIONABLE))
         .values(status="provisioned", provisioned_by=caller.pubkey, provisioned_at_ns=now, instance_details=details,
-                updated_at_ns=now, **_CLEAR_LOCK)
-    ).rowcount
-    if got == 1:
-        return {"contractId": contract_id, "status": "provisioned", "provisionedAtNs": now, "repeated": False}
+                updated_at_ns=now, **_CLEAR_LOCK, **_NOT_STICKY)
+        .returning(c.c.first_locked_at_ns)
+    ).first()
+    if done is not None:
+        first = done.first_locked_at_ns or None  # 0: locked before migration 0003, time unknown
+        agent_health.record_success(conn, caller.pubkey)
+        provision_stats.record(conn, provider_pubkey=caller.provider_pubkey, pool_id=caller.pool_id,
+                               agent_pubkey=caller.pubkey, contract_id=contract_id, outcome="provisioned", at_ns=now,
+                               duration_ns=None if first is None else now - first)
+        return {"contractId": contract_id, "status": "provisioned", "provisionedAtNs": now, "repeated": False,
+                "firstLockedAtNs": first}
     row = load_for_agent(conn, caller, contract_id)
     if row.status in HAS_INSTANCE:
         if row.provisioned_by != caller.pubkey:
@@ -125,10 +139,14 @@ def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message:
         sa.update(c)
         .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status.not_in(HAS_INSTANCE))
         .values(failure_count=c.c.failure_count + 1, last_error=error_message, last_failed_by=caller.pubkey,
-                last_failed_at_ns=now, updated_at_ns=now, **_CLEAR_LOCK)
+                last_failed_at_ns=now, updated_at_ns=now, **_CLEAR_LOCK, **_NOT_STICKY)
         .returning(c.c.status, c.c.failure_count)
     ).first()
     if row is not None:
+        agent_health.record_failure(conn, caller.pubkey, now)
+        provision_stats.record(conn, provider_pubkey=caller.provider_pubkey, pool_id=caller.pool_id,
+                               agent_pubkey=caller.pubkey, contract_id=contract_id, outcome="failed", at_ns=now)
+        wakeups.notify(conn, caller.provider_pubkey)
         return {"contractId": contract_id, "status": row.status, "failureCount": row.failure_count, "repeated": False}
     row = load_for_agent(conn, caller, contract_id)
     if row.last_failed_by == caller.pubkey and row.last_error == error_message:
@@ -159,10 +177,15 @@ def terminated(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[st
 
 
 def expire_locks(conn: sa.Connection, now: int | None = None) -> int:
-    """Clear expired locks (the every-minute job: one idempotent statement, safe on several replicas)."""
+    """Clear expired locks (the every-minute job: one idempotent statement, safe on several replicas); the
+    providers of the contracts it freed are notified (pool_api.wakeups)."""
     now = now_ns() if now is None else now
-    return conn.execute(
+    freed = conn.execute(
         sa.update(c)
         .where(c.c.lock_expires_ns < now, c.c.status.not_in(("provisioned", "cancelled")))
         .values(**_CLEAR_LOCK)
-    ).rowcount
+        .returning(c.c.provider_pubkey)
+    ).scalars().all()
+    for provider in sorted(set(freed)):
+        wakeups.notify(conn, provider)
+    return len(freed)

@@ -4,7 +4,7 @@ that it cannot hold: huge numbers, unknown enum values and wrong types are 422 n
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -32,16 +32,32 @@ class Body(BaseModel):
 Name = Field(min_length=1, max_length=200)
 
 
+MAX_FALLBACK_AFTER = 7 * 86400  # pool_api.fallback.MAX_FALLBACK_AFTER_SECONDS
+
+
 class PoolCreate(Body):
     name: str = Name
     location: Region
     provisioner_type: ProvisionerType
+    fallback_pool_id: str | None = Field(default=None, max_length=64)  # pool_api.fallback
+    fallback_after_seconds: int = Field(default=300, ge=0, le=MAX_FALLBACK_AFTER)
 
 
 class PoolUpdate(Body):
+    """Fields left out stay as they are; `fallbackPoolId: null` (or "") removes the fallback."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     location: Region | None = None
     provisioner_type: ProvisionerType | None = None
+    fallback_pool_id: str | None = Field(default=None, max_length=64)
+    fallback_after_seconds: int | None = Field(default=None, ge=0, le=MAX_FALLBACK_AFTER)
+
+    def changes(self) -> dict[str, object]:
+        """The columns to update: the fields given, with an explicit null or "" fallbackPoolId as a removal."""
+        out = self.model_dump(exclude_none=True)
+        if "fallback_pool_id" in self.model_fields_set and not self.fallback_pool_id:
+            out["fallback_pool_id"] = None
+        return out
 
 
 class TokenCreate(Body):
@@ -76,6 +92,16 @@ class HeartbeatRequest(Body):
     provisioner_type: ProvisionerType | None = None
     active_contracts: int = Field(default=0, ge=0, le=MAX_INT32)
     capacity: dict[str, Any] | None = None
+
+
+class ClaimRequest(Body):
+    """POST .../contracts/claim (pool_api.claims): at most `max` contracts; wait up to `waitSeconds` for one;
+    the agent's free slots now (the capacity rule); contracts it does not want (those it is running)."""
+
+    max: int = Field(ge=1, le=32)
+    wait_seconds: float = Field(default=0, ge=0, le=60, allow_inf_nan=False)
+    free_slots: int | None = Field(default=None, ge=0, le=MAX_INT32)
+    exclude: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=list, max_length=200)
 
 
 class InstanceDetails(Body):

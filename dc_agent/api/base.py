@@ -88,7 +88,8 @@ class HeartbeatInfo:
     max_concurrent: int
     free_slots: int
     capabilities: list[str] = field(default_factory=list)
-    resources: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None  # the host inventory (live API ResourceInventory field names)
+    provisioners: list[dict[str, Any]] | None = None  # [{name, type, default, capabilities, healthy, detail}]
 
 
 class AgentApi(Protocol):

@@ -167,8 +167,11 @@ class DecentCloudClient:
     async def heartbeat(self, info: HeartbeatInfo, *, policy: str = "heartbeat") -> HeartbeatAnswer:
         body: dict[str, Any] = {"version": info.version, "provisionerType": info.provisioner_type,
                                 "activeContracts": info.active_contracts}
-        if info.capabilities:
-            body["capabilities"] = info.capabilities
+        # Several provisioners: the live API has no field for them, so each is one capability string.
+        several = [f"provisioner:{p['name']}:{p['type']}" for p in info.provisioners or []]
+        capabilities = [*info.capabilities, *(several if len(several) > 1 else [])]
+        if capabilities:
+            body["capabilities"] = capabilities
         if info.resources is not None:
             body["resources"] = info.resources
         data = await self._call("POST", f"{self._pk()}/heartbeat", body, policy=policy)

@@ -83,6 +83,10 @@ class PoolApiClient:
                                 "capacity": {"maxConcurrent": info.max_concurrent, "freeSlots": info.free_slots}}
         if info.capabilities:
             body["capabilities"] = info.capabilities
+        if info.resources is not None:
+            body["resources"] = info.resources
+        if info.provisioners is not None:
+            body["provisioners"] = info.provisioners
         data = await self.http.call("POST", f"{self._pk()}/heartbeat", body, policy=policy)
         data = data if isinstance(data, dict) else {}
         try:
