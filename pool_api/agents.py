@@ -10,11 +10,12 @@ from pool_api import tokens
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.pools import agent_json
+from pool_api.schemas import MAX_INT32
 from pool_api.tables import agent_delegations as d
 from pool_api.tables import agent_pools as p
 from pool_api.tables import agent_setup_tokens as t
 
-AGENT_PERMISSIONS = ["heartbeat", "pending-provision", "lock", "provisioned", "failed", "reconcile", "terminated",
+AGENT_PERMISSIONS = ["heartbeat", "pending-provision", "claim", "lock", "provisioned", "failed", "reconcile", "terminated",
                      "health", "pending-password-reset", "password", "pending-ssh-key-rotation", "ssh-key-rotation"]
 
 
@@ -52,14 +53,22 @@ def setup(conn: sa.Connection, token: str, agent_pubkey: str) -> dict[str, Any]:
     }
 
 
+def _slots(capacity: dict[str, Any] | None, key: str) -> int | None:
+    """A whole number 0..2**31-1 from the heartbeat's free-form capacity object, else None."""
+    value = (capacity or {}).get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT32:
+        return value
+    return None
+
+
 def heartbeat(conn: sa.Connection, agent_pubkey: str, version: str, provisioner_type: str | None,
               active_contracts: int, capacity: dict[str, Any] | None) -> dict[str, Any]:
-    conn.execute(
-        sa.update(d).where(d.c.agent_pubkey == agent_pubkey).values(
-            last_seen_ns=now_ns(), version=version, provisioner_type=provisioner_type,
-            active_contracts=active_contracts, capacity=capacity,
-        )
-    )
+    """Store the agent's state; its capacity `{maxConcurrent, freeSlots}` also goes to columns for dispatch."""
+    values: dict[str, Any] = dict(last_seen_ns=now_ns(), version=version, provisioner_type=provisioner_type,
+                                  active_contracts=active_contracts, capacity=capacity)
+    if capacity is not None:
+        values.update(max_concurrent=_slots(capacity, "maxConcurrent"), free_slots=_slots(capacity, "freeSlots"))
+    conn.execute(sa.update(d).where(d.c.agent_pubkey == agent_pubkey).values(**values))
     row = conn.execute(
         sa.select(d.c.pool_id, p.c.name).select_from(d.outerjoin(p, p.c.pool_id == d.c.pool_id))
         .where(d.c.agent_pubkey == agent_pubkey)

@@ -1,4 +1,5 @@
-"""Background jobs: expire locks (and prune old nonces) every minute, delete expired tokens hourly.
+"""Background jobs: expire locks (and prune old nonces) every minute, delete expired tokens (and old provision
+events) hourly.
 
 Each job is one idempotent statement in its own transaction, so several replicas running them at
 the same moment do the same harmless thing. A failing run is logged and retried next period.
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 import structlog
 from starlette.concurrency import run_in_threadpool
 
-from pool_api import auth, locks, tokens
+from pool_api import auth, locks, provision_stats, tokens
 from pool_api.settings import Settings
 
 log = structlog.get_logger("pool_api.jobs")
@@ -27,9 +28,12 @@ def sweep_locks(engine: sa.Engine, settings: Settings) -> tuple[int, int]:
     return cleared, pruned
 
 
-def sweep_tokens(engine: sa.Engine, _settings: Settings) -> int:
+def sweep_tokens(engine: sa.Engine, _settings: Settings) -> tuple[int, int]:
+    """Expired setup tokens, and provision events past their retention (pool_api.provision_stats)."""
     with engine.begin() as conn:
-        return tokens.sweep_expired(conn)
+        swept = tokens.sweep_expired(conn)
+    with engine.begin() as conn:
+        return swept, provision_stats.prune(conn)
 
 
 async def _every(period: float, name: str, job: Callable[[], object]) -> None:

@@ -8,8 +8,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pool_api import agent_health, fallback, provision_stats, wakeups
 from pool_api.db import now_ns
+from pool_api.dispatch_rules import DispatchRules
 from pool_api.errors import ApiError
+from pool_api.fallback import DEFAULT_FALLBACK_AFTER_SECONDS
 from pool_api.routing import routes_to_clause
 from pool_api.tables import agent_delegations as d
 from pool_api.tables import agent_pools as p
@@ -43,6 +46,8 @@ def pool_json(m: Mapping[str, Any]) -> dict[str, Any]:
         "name": m["name"],
         "location": m["location"],
         "provisionerType": m["provisioner_type"],
+        "fallbackPoolId": m.get("fallback_pool_id"),
+        "fallbackAfterSeconds": m.get("fallback_after_seconds", DEFAULT_FALLBACK_AFTER_SECONDS),
         "createdAtNs": m["created_at_ns"],
     }
     for key, camel in (("agent_count", "agentCount"), ("online_count", "onlineCount"), ("active_contracts", "activeContracts")):
@@ -51,9 +56,13 @@ def pool_json(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_pool(conn: sa.Connection, provider_pubkey: str, name: str, location: str, provisioner_type: str) -> dict[str, Any]:
+def create_pool(conn: sa.Connection, provider_pubkey: str, name: str, location: str, provisioner_type: str,
+                fallback_pool_id: str | None = None,
+                fallback_after_seconds: int = DEFAULT_FALLBACK_AFTER_SECONDS) -> dict[str, Any]:
+    fallback.validate(conn, provider_pubkey, None, fallback_pool_id or None)
     values = dict(pool_id=new_pool_id(), provider_pubkey=provider_pubkey, name=name, location=location,
-                  provisioner_type=provisioner_type, created_at_ns=now_ns())
+                  provisioner_type=provisioner_type, created_at_ns=now_ns(), fallback_pool_id=fallback_pool_id or None,
+                  fallback_after_seconds=fallback_after_seconds)
     try:
         with conn.begin_nested():
             conn.execute(sa.insert(p).values(**values))
@@ -81,7 +90,11 @@ def offering_count(conn: sa.Connection, pool: Any) -> int:
     return int(conn.execute(q).scalar_one())
 
 
-def pool_detail(conn: sa.Connection, provider_pubkey: str, pool_id: str, online_window_ns: int) -> dict[str, Any]:
+def pool_detail(conn: sa.Connection, provider_pubkey: str, pool_id: str, online_window_ns: int,
+                rules: DispatchRules | None = None) -> dict[str, Any]:
+    """The pool with its agents (capacity, failure streak, passed over), its fallback state and its last 24 h
+    (pool_api.provision_stats). `rules` default: the serve defaults with this online window."""
+    rules = rules or DispatchRules(online_window_ns=online_window_ns)
     now = now_ns()
     row = conn.execute(_stats_query(provider_pubkey, now - online_window_ns).where(p.c.pool_id == pool_id)).first()
     if row is None:
@@ -90,8 +103,22 @@ def pool_detail(conn: sa.Connection, provider_pubkey: str, pool_id: str, online_
     agents = conn.execute(
         sa.select(d).where(d.c.pool_id == pool_id, d.c.revoked_at_ns.is_(None)).order_by(d.c.created_at_ns)
     ).all()
-    out["agents"] = [agent_json(a, now, online_window_ns) for a in agents]
+    states = fallback.pool_states(conn, provider_pubkey, now, rules)
+    healthy_online = states[pool_id].healthy_online_count
+    out["agents"] = []
+    for a in agents:
+        item = agent_json(a, now, online_window_ns)
+        unhealthy = agent_health.is_unhealthy(a, now, rules)
+        item.update(unhealthy=unhealthy, passedOver=unhealthy and healthy_online > 0,
+                    waitingInClaim=a.claim_waiting_until_ns is not None and a.claim_waiting_until_ns > now)
+        out["agents"].append(item)
     out["offeringCount"] = offering_count(conn, row)
+    out["fallback"] = {
+        "downSinceNs": states[pool_id].down_since_ns,
+        "takenOverBy": fallback.fallback_for(states, pool_id, now),
+        "takingOverFor": [s.pool_id for s in fallback.served_pools(states, pool_id, now)[1:]],
+    }
+    out["stats"] = provision_stats.pool_stats(conn, pool_id, now)
     return out
 
 
@@ -105,6 +132,10 @@ def agent_json(a: Any, now: int, online_window_ns: int) -> dict[str, Any]:
         "provisionerType": a.provisioner_type,
         "activeContracts": a.active_contracts or 0,
         "capacity": a.capacity,
+        "maxConcurrent": a.max_concurrent,
+        "freeSlots": a.free_slots,
+        "consecutiveFailures": a.consecutive_failures or 0,
+        "lastFailureNs": a.last_failure_ns,
         "lastSeenNs": a.last_seen_ns,
         "createdAtNs": a.created_at_ns,
         "revokedAtNs": a.revoked_at_ns,
@@ -113,13 +144,17 @@ def agent_json(a: Any, now: int, online_window_ns: int) -> dict[str, Any]:
 
 def update_pool(conn: sa.Connection, provider_pubkey: str, pool_id: str, changes: dict[str, Any],
                 online_window_ns: int) -> dict[str, Any]:
+    """Apply `changes` (columns); a new fallback is validated (pool_api.fallback) and waiting claims are told."""
     get_pool_row(conn, provider_pubkey, pool_id)
+    if changes.get("fallback_pool_id"):
+        fallback.validate(conn, provider_pubkey, pool_id, changes["fallback_pool_id"])
     if changes:
         try:
             with conn.begin_nested():
                 conn.execute(sa.update(p).where(p.c.pool_id == pool_id).values(**changes))
         except sa.exc.IntegrityError:
             raise ApiError(409, f"name: a pool named {changes.get('name')!r} already exists") from None
+        wakeups.notify(conn, provider_pubkey)
     return pool_detail(conn, provider_pubkey, pool_id, online_window_ns)
 
 
@@ -127,6 +162,9 @@ def delete_pool(conn: sa.Connection, provider_pubkey: str, pool_id: str) -> None
     """Delete a pool that has no (unrevoked) agents; one conditional DELETE, so an agent joining at
     the same moment either lands first (409) or finds the pool gone."""
     has_agents = sa.exists().where(d.c.pool_id == p.c.pool_id, d.c.revoked_at_ns.is_(None))
+    if conn.execute(sa.select(p.c.pool_id).where(p.c.pool_id == pool_id, p.c.provider_pubkey == provider_pubkey,
+                                                 ~has_agents)).first() is not None:
+        fallback.clear_references(conn, pool_id)  # the FK's ON DELETE SET NULL would too; explicit is portable
     deleted = conn.execute(
         sa.delete(p).where(p.c.pool_id == pool_id, p.c.provider_pubkey == provider_pubkey, ~has_agents)
     ).rowcount

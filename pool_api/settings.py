@@ -20,6 +20,12 @@ class Settings:
     installer_path: str | None = None  # served as GET /install.sh (default: the checkout's systemd/install.sh)
     max_body_bytes: int = MAX_BODY_BYTES
     skew_seconds: int = SIGNATURE_SKEW_SECONDS
+    # dispatch (pool_api.claims, pool_api.wakeups, pool_api.agent_health)
+    advertise_claim: bool = True  # setup and heartbeat answers say `claim: true`
+    claim_recheck_seconds: float = 2.0  # waiting claims re-check this often, whatever the notifications
+    unhealthy_after_failures: int = 3  # consecutive failed provisions before an agent is passed over
+    failure_cooldown_seconds: int = 600  # ... until its last failure is this old (then it gets a new chance)
+    metrics: bool = True  # GET /metrics
 
     @property
     def online_window_ns(self) -> int:

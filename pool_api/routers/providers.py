@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from pool_api import agents, contracts, offerings, pools, tokens
 from pool_api.dependencies import EngineDep, ProviderDep, SettingsDep
+from pool_api.dispatch_rules import rules_from
 from pool_api.envelope import ok
 from pool_api.schemas import OfferingCreate, OfferingFields, PoolCreate, PoolUpdate, TokenCreate
 
@@ -15,7 +16,8 @@ router = APIRouter(prefix="/api/v1/providers/{pubkey}", tags=["providers"])
 @router.post("/pools")
 def create_pool(pubkey: str, body: PoolCreate, caller: ProviderDep, engine: EngineDep):
     with engine.begin() as conn:
-        return ok(pools.create_pool(conn, caller.pubkey, body.name, body.location, body.provisioner_type), 201)
+        return ok(pools.create_pool(conn, caller.pubkey, body.name, body.location, body.provisioner_type,
+                                    body.fallback_pool_id, body.fallback_after_seconds), 201)
 
 
 @router.get("/pools")
@@ -27,13 +29,13 @@ def list_pools(pubkey: str, caller: ProviderDep, engine: EngineDep, settings: Se
 @router.get("/pools/{pool_id}")
 def get_pool(pubkey: str, pool_id: str, caller: ProviderDep, engine: EngineDep, settings: SettingsDep):
     with engine.begin() as conn:
-        return ok(pools.pool_detail(conn, caller.pubkey, pool_id, settings.online_window_ns))
+        return ok(pools.pool_detail(conn, caller.pubkey, pool_id, settings.online_window_ns, rules_from(settings)))
 
 
 @router.put("/pools/{pool_id}")
 def update_pool(pubkey: str, pool_id: str, body: PoolUpdate, caller: ProviderDep, engine: EngineDep,
                 settings: SettingsDep):
-    changes = body.model_dump(exclude_none=True)
+    changes = body.changes()
     with engine.begin() as conn:
         return ok(pools.update_pool(conn, caller.pubkey, pool_id, changes, settings.online_window_ns))
 
