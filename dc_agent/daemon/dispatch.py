@@ -86,12 +86,12 @@ class Dispatcher:
         """How long one claim may wait on the server: well inside the HTTP timeout."""
         return max(0.0, min(25.0, self.agent.settings.request_timeout_seconds - 5.0))
 
-    async def claim_once(self, wait_seconds: float | None = None) -> bool:
-        """One claim (long-polling `wait_seconds`, default :meth:`claim_wait_seconds`); False when it failed
-        (the loop then waits before the next)."""
+    async def claim_once(self, wait_seconds: float | None = None) -> int | None:
+        """One claim (long-polling `wait_seconds`, default :meth:`claim_wait_seconds`): the number of contracts
+        claimed, None when it failed (the loop then waits before the next)."""
         a = self.agent
         if a.free_slots <= 0 or a.stopping:
-            return True
+            return 0
         now = time.monotonic()
         backing_off = [cid for cid, t in a.retry_after.items() if t > now]
         busy = [*a.jobs, *a.delivering]
@@ -104,7 +104,7 @@ class Dispatcher:
             a.state.count("poll_errors")
             a.state.last_error = str(exc)
             a.log.warning("could not claim contracts", error=str(exc))
-            return False
+            return None
         a.poll_ok = True
         a.state.count("polls")
         a.state.last_poll_ns = time.time_ns()
@@ -124,7 +124,7 @@ class Dispatcher:
             a.state.count("locks_acquired")
             a.start_job(offer.contract, clog, a.leases.expiry(lease, sent), first_lock=lease.first_lock)
         a.save_state(force=True)
-        return True
+        return len(claimed)
 
     async def loop(self) -> None:
         a = self.agent
@@ -132,10 +132,12 @@ class Dispatcher:
         while not a.stopping:
             a.wake.clear()
             if a.claim_supported and a.free_slots > 0:
-                ok = await a.until_stopped(self.claim_once())
+                began = time.monotonic()
+                claimed = await a.until_stopped(self.claim_once())
                 a.save_state()
-                if ok is not False:
+                if claimed or (claimed == 0 and time.monotonic() - began >= 1.0):
                     continue  # a long poll: ask again at once
+                # failed, or answered at once with nothing (a server that does not wait): do not spin
             else:
                 await a.until_stopped(self.poll_once())
                 a.save_state()
