@@ -462,3 +462,61 @@ class TestSystemdNotify:
         assert messages[0] == "READY=1"
         assert any(m.startswith("STATUS=API ok") for m in messages), messages
         assert "STOPPING=1" in messages
+
+
+class ClaimApi(FakeApi):
+    """A server that offers claim: each call hands out what is free, as pool_api's claim does."""
+
+    def __init__(self, pending: list[str]) -> None:
+        super().__init__(pending)
+        self.claims: list[dict[str, Any]] = []
+        self.held: set[str] = set()
+
+    async def heartbeat(self, info: HeartbeatInfo, **_: Any) -> HeartbeatAnswer:
+        self.calls.append(("heartbeat", ""))
+        return HeartbeatAnswer(next_heartbeat_seconds=1, claim=True)
+
+    async def claim(self, max_contracts: int, wait_seconds: float, *, free_slots: int,
+                    exclude: list[str]) -> list[tuple[Offer, Lease]]:
+        self.claims.append({"max": max_contracts, "wait": wait_seconds, "exclude": list(exclude)})
+        out = []
+        for c in self.offered:
+            cid = c["contractId"]
+            if cid in self.provisioned or cid in exclude or cid in self.held or len(out) >= max_contracts:
+                continue
+            self.held.add(cid)
+            out.append((Offer(cid, False, Contract.from_api(c)), Lease(first_lock=True)))
+        return out
+
+
+class TestClaim:
+    def test_claim_takes_up_to_the_free_slots_and_skips_the_pending_list(self, tmp_path):
+        """With claim offered, one call locks as many contracts as there are free slots; no pending list,
+        no lock calls, no conflicts."""
+        api = ClaimApi(["c1", "c2", "c3"])
+        agent = make_agent(tmp_path, api, Driver(), max_concurrent=2)
+        agent.claim_supported = True
+        assert run_once(agent) == 0
+        assert sorted(api.provisioned) == ["c1", "c2"]
+        assert api.claims[0]["max"] == 2 and api.claims[0]["wait"] == 0
+        assert api.count("pending") == 0 and api.count("lock") == 0  # renewals would show as lock calls
+
+    def test_contracts_backing_off_are_excluded_from_the_claim(self, tmp_path):
+        """A contract that failed recently is not claimed again before its backoff ends."""
+        api = ClaimApi(["c1", "c2"])
+        agent = make_agent(tmp_path, api, Driver(), max_concurrent=2)
+        agent.claim_supported = True
+        agent.retry_after["c1"] = time.monotonic() + 3600
+        run_once(agent)
+        assert api.claims[0]["exclude"] == ["c1"]
+        assert list(api.provisioned) == ["c2"]
+
+    def test_the_heartbeat_switches_dispatch_to_claim(self, tmp_path):
+        api = ClaimApi([])
+        agent = make_agent(tmp_path, api, Driver())
+
+        async def beat() -> bool:
+            agent.wake = asyncio.Event()
+            await agent.heartbeats.once()
+            return agent.claim_supported
+        assert asyncio.run(beat()) is True
