@@ -1,6 +1,6 @@
 """`dc-agent`: the command line. Start-up stays cheap: each command imports its module when it runs.
 
-Commands: setup, run, status, import-config, manual (list, done, fail). Settings: flags > DC_AGENT_* > file.
+Commands: setup, run, status, import-config, test-provision, upgrade, manual (list, done, fail). Settings: flags > DC_AGENT_* > file.
 """
 
 from __future__ import annotations
@@ -153,6 +153,35 @@ def import_config(
 
     raise typer.Exit(run_import(source=source, key=key, config=config, force=force, dry_run=dry_run,
                                 public_ip=public_ip))
+
+
+@app.command("test-provision", short_help="Make, check and remove one test instance (no server involved).")
+def test_provision(
+    config: Optional[Path] = ConfigOpt,
+    provisioner: Optional[str] = typer.Option(None, "--provisioner", "-p", metavar="NAME",
+                                              help="Which provisioner: a [provisioners.<name>] name or a type "
+                                                   "[default: the [provisioner] one]."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the instance running and print how to remove it."),
+    ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", metavar="FILE",
+                                           help="OpenSSH public key to install, so you can log in "
+                                                "[default: a throwaway key nobody can use]."),
+    health_timeout: float = typer.Option(120.0, "--health-timeout", metavar="SECONDS",
+                                         help="How long the instance may take to report healthy."),
+    remove: Optional[str] = typer.Option(None, "--remove", metavar="EXTERNAL_ID",
+                                         help="Only terminate this instance (one a --keep run left)."),
+) -> None:
+    """A real round trip on a configured driver: health -> provision -> instance health -> terminate ->
+    verify, with a made-up contract (id test-<random>, 1 core, 1024 MB, 10 GB). The server is never
+    contacted: run it before `dc-agent run`, or next to it.
+
+    Each step prints its time. On a failure, Ctrl-C or SIGTERM the driver removes what it made and the
+    instance (if any) is terminated; a second Ctrl-C leaves at once. The manual driver cannot be tested
+    (an operator makes its machines). Exit status 0 passed, 1 failed, 78 configuration error.
+    """
+    from dc_agent.commands.test_provision import run_test_provision
+
+    raise typer.Exit(run_test_provision(config=config, provisioner=provisioner, keep=keep, ssh_key=ssh_key,
+                                        health_timeout=health_timeout, remove=remove))
 
 
 @manual_app.command("list", short_help="Contracts waiting for an operator.")

@@ -67,7 +67,7 @@ class Member:
         return f"[provisioner.{self.type}]" if self.default else f"[provisioners.{self.name}]"
 
 
-def _renamed(message: str, spec: TableSpec) -> str:
+def renamed_error(message: str, spec: TableSpec) -> str:
     """A driver's config error names `[provisioner.<type>]`; say which table it really came from."""
     if spec.default:
         return message
@@ -84,7 +84,7 @@ def build(specs: list[TableSpec], *, config_path: Path | None = None, state_dir:
         try:
             driver = load(spec.type, spec.settings, config_path=config_path)
         except ConfigError as exc:
-            raise ConfigError(_renamed(str(exc), spec)) from None
+            raise ConfigError(renamed_error(str(exc), spec)) from None
         members.append(Member(spec.name, spec.type, driver, default=spec.default))
     if len(members) == 1:
         return members[0].driver
