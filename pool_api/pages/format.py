@@ -53,3 +53,21 @@ def size_mb(mb: int | None) -> str:
 
 def price(value: float | None) -> str:
     return "—" if value is None else f"{value:,.2f}"
+
+
+def percent(rate: float | None) -> str:
+    """`97.5 %` for 0.975; `—` when there is nothing to rate."""
+    return "—" if rate is None else f"{rate * 100:.1f} %"
+
+
+def duration_ms(ms: float | None) -> str:
+    """`850 ms`, `12.3 s`, `4m 05s`; `—` for none."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {rest:02d}s"

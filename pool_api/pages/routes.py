@@ -24,10 +24,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from pool_api import agents, instance_health, offerings, pools, tokens
+from pool_api import agents, instance_health, offerings, pools, provision_stats, tokens
 from pool_api.db import now_ns
+from pool_api.dispatch_rules import rules_from
 from pool_api.errors import ApiError, describe_validation_errors
-from pool_api.pages import auth, format as fmt
+from pool_api.pages import auth, chart, format as fmt
 from pool_api.routing import PROVISIONER_TYPES, REGIONS
 from pool_api.schemas import PoolCreate, PoolUpdate, TokenCreate
 from pool_api.settings import Settings
@@ -59,8 +60,9 @@ router = APIRouter(prefix="/provider", include_in_schema=False)
 
 templates = Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=True, undefined=StrictUndefined,
                         trim_blocks=True, lstrip_blocks=True)
-templates.filters.update(short_key=fmt.short_key, size_mb=fmt.size_mb, price=fmt.price)
-templates.globals.update(regions=REGIONS, provisioner_types=PROVISIONER_TYPES)
+templates.filters.update(short_key=fmt.short_key, size_mb=fmt.size_mb, price=fmt.price, percent=fmt.percent,
+                         duration_ms=fmt.duration_ms)
+templates.globals.update(regions=REGIONS, provisioner_types=PROVISIONER_TYPES, hourly_svg=chart.hourly_svg)
 
 
 @dataclass
@@ -203,34 +205,62 @@ async def pools_page(request: Request) -> Response:
     def view(ctx: Ctx) -> Response:
         with ctx.engine.begin() as conn:
             rows = pools.list_pools(conn, ctx.provider, ctx.settings.online_window_ns)
-        return ctx.render("pools.html", pools=rows)
+            for row in rows:
+                row["stats"] = provision_stats.pool_stats(conn, row["poolId"], ctx.now)
+        names = {row["poolId"]: row["name"] for row in rows}
+        return ctx.render("pools.html", pools=rows, pool_names=names)
 
     return await _page(request, view)
 
 
+POOL_FIELDS = ("name", "location", "provisionerType", "fallbackPoolId", "fallbackAfterSeconds")
+
+
 def _pool_form(ctx: Ctx, *, pool: dict[str, Any] | None, values: dict[str, str], status: int = 200,
                error: str | None = None) -> Response:
-    return ctx.render("pool_form.html", status, pool=pool, values=values, error=error)
+    """The create/edit form; the fallback choices are the provider's other pools."""
+    with ctx.engine.begin() as conn:
+        others = [o for o in pools.list_pools(conn, ctx.provider, ctx.settings.online_window_ns)
+                  if pool is None or o["poolId"] != pool["poolId"]]
+    return ctx.render("pool_form.html", status, pool=pool, values=values, error=error, others=others)
+
+
+def _pool_values(ctx: Ctx) -> dict[str, str]:
+    return {name: ctx.field(name) for name in POOL_FIELDS}
+
+
+def _pool_body(values: dict[str, str]) -> dict[str, Any]:
+    """The form's strings as the API's JSON body (422 naming fallbackAfterSeconds when it is no number)."""
+    body: dict[str, Any] = {k: values[k] for k in ("name", "location", "provisionerType")}
+    body["fallbackPoolId"] = values["fallbackPoolId"] or None
+    delay = values["fallbackAfterSeconds"] or str(pools.DEFAULT_FALLBACK_AFTER_SECONDS)
+    if not delay.isdigit():
+        raise ApiError(422, "fallbackAfterSeconds: must be a whole number of seconds")
+    body["fallbackAfterSeconds"] = int(delay)
+    return body
 
 
 @router.get("/pools/new")
 async def new_pool_page(request: Request) -> Response:
     return await _page(request, lambda ctx: _pool_form(
-        ctx, pool=None, values={"name": "", "location": "europe", "provisionerType": "proxmox"}))
+        ctx, pool=None, values={"name": "", "location": "europe", "provisionerType": "proxmox", "fallbackPoolId": "",
+                                "fallbackAfterSeconds": str(pools.DEFAULT_FALLBACK_AFTER_SECONDS)}))
 
 
 @router.post("/pools")
 async def create_pool(request: Request) -> Response:
     def view(ctx: Ctx) -> Response:
-        values = {"name": ctx.field("name"), "location": ctx.field("location"),
-                  "provisionerType": ctx.field("provisionerType")}
+        values = _pool_values(ctx)
         try:
-            body = PoolCreate.model_validate(values)
+            body = PoolCreate.model_validate(_pool_body(values))
         except pydantic.ValidationError as exc:
             return _pool_form(ctx, pool=None, values=values, status=422, error=_validation_message(exc))
+        except ApiError as exc:
+            return _pool_form(ctx, pool=None, values=values, status=exc.status, error=exc.message)
         try:
             with ctx.engine.begin() as conn:
-                pool = pools.create_pool(conn, ctx.provider, body.name, body.location, body.provisioner_type)
+                pool = pools.create_pool(conn, ctx.provider, body.name, body.location, body.provisioner_type,
+                                         body.fallback_pool_id, body.fallback_after_seconds)
         except ApiError as exc:
             return _pool_form(ctx, pool=None, values=values, status=exc.status, error=exc.message)
         return redirect(f"/provider/pools/{pool['poolId']}?done=pool-created")
@@ -242,10 +272,13 @@ async def create_pool(request: Request) -> Response:
 async def pool_page(request: Request, pool_id: str) -> Response:
     def view(ctx: Ctx) -> Response:
         with ctx.engine.begin() as conn:
-            detail = pools.pool_detail(conn, ctx.provider, pool_id, ctx.settings.online_window_ns)
+            detail = pools.pool_detail(conn, ctx.provider, pool_id, ctx.settings.online_window_ns,
+                                       rules_from(ctx.settings))
             pending = tokens.list_pending(conn, pool_id)
             instances = instance_health.pool_contracts(conn, ctx.provider, pool_id)
-        return ctx.render("pool.html", pool=detail, tokens=pending, contracts=instances)
+            names = {p["poolId"]: p["name"] for p in pools.list_pools(conn, ctx.provider, 0)}
+        return ctx.render("pool.html", pool=detail, tokens=pending, contracts=instances, pool_names=names,
+                          failure_limit=ctx.settings.unhealthy_after_failures)
 
     return await _page(request, view)
 
@@ -256,7 +289,9 @@ async def edit_pool_page(request: Request, pool_id: str) -> Response:
         with ctx.engine.begin() as conn:
             row = pools.get_pool_row(conn, ctx.provider, pool_id)
         pool = pools.pool_json(row._mapping)
-        return _pool_form(ctx, pool=pool, values={k: pool[k] for k in ("name", "location", "provisionerType")})
+        values = {k: pool[k] for k in ("name", "location", "provisionerType")}
+        values.update(fallbackPoolId=pool["fallbackPoolId"] or "", fallbackAfterSeconds=str(pool["fallbackAfterSeconds"]))
+        return _pool_form(ctx, pool=pool, values=values)
 
     return await _page(request, view)
 
@@ -266,12 +301,13 @@ async def update_pool(request: Request, pool_id: str) -> Response:
     def view(ctx: Ctx) -> Response:
         with ctx.engine.begin() as conn:
             pool = pools.pool_json(pools.get_pool_row(conn, ctx.provider, pool_id)._mapping)
-        values = {"name": ctx.field("name"), "location": ctx.field("location"),
-                  "provisionerType": ctx.field("provisionerType")}
+        values = _pool_values(ctx)
         try:
-            changes = PoolUpdate.model_validate(values).model_dump(exclude_none=True)
+            changes = PoolUpdate.model_validate(_pool_body(values)).changes()
         except pydantic.ValidationError as exc:
             return _pool_form(ctx, pool=pool, values=values, status=422, error=_validation_message(exc))
+        except ApiError as exc:
+            return _pool_form(ctx, pool=pool, values=values, status=exc.status, error=exc.message)
         try:
             with ctx.engine.begin() as conn:
                 pools.update_pool(conn, ctx.provider, pool_id, changes, ctx.settings.online_window_ns)
