@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +25,7 @@ from tests.pool_api.dispatch_helpers import (
     waiting,
 )
 from tests.pool_api.helpers import Agent, contract, error, make_contracts, new_agent, quick_provider, wait_for
-from tests.support.pool_server import PoolServer
+from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.provider import Provider, data
 
 HOUR_NS = 3600 * 10**9
@@ -158,6 +159,35 @@ class TestLongPoll:
         wait_for(lambda: waiting(server, a), what="the claim to wait")
         assert data(b.unlock(cid))["released"] is True
         assert poll.result() == [cid]
+
+    def test_a_client_that_goes_away_stops_waiting(self, server: PoolServer, pool) -> None:
+        """The server notices a waiting claim's client disconnect: the claim is counted as `disconnected` and no
+        longer waits (dc_pool_claims_waiting back to 0)."""
+        _pool, _offering, (a, _b) = pool
+
+        def counts() -> tuple[float, float]:
+            samples = {(s.name, s.labels.get("result")): s.value
+                       for f in text_string_to_metric_families(metrics_text(server)) for s in f.samples}
+            return samples[("dc_pool_claims_total", "disconnected")], samples[("dc_pool_claims_waiting", None)]
+
+        before, _ = counts()
+        poll = Background(lambda: claim(a, 1, wait=60, timeout=3))
+        wait_for(lambda: waiting(server, a), what="the claim to wait")
+        with pytest.raises(httpx.ReadTimeout):
+            poll.result()  # the client gives up after 3 s and closes its connection
+        assert wait_for(lambda: counts() == (before + 1, 0), what="the server to see the disconnect")
+
+    def test_a_stopping_server_answers_waiting_claims(self, sqlite_url: str) -> None:
+        """SIGTERM: a claim waiting 60 s gets its answer, an empty list, instead of a dropped connection."""
+        with running_pool_api(sqlite_url) as solo:
+            provider = quick_provider(solo)
+            agent = new_agent(provider, provider.create_pool("stop", "europe", "proxmox")["poolId"])
+            poll = Background(lambda: claim_ids(agent, 1, wait=60))
+            wait_for(lambda: waiting(solo, agent), what="the claim to wait")
+            solo.stop()
+            assert poll.result() == []
+            agent.close()
+            provider.close()
 
     def test_empty_at_the_deadline(self, server: PoolServer, pool) -> None:
         """With nothing to claim, a claim waiting 1 s answers an empty list (and took nothing meanwhile)."""
