@@ -24,6 +24,7 @@ from pool_api.contracts import PROVISIONABLE, not_ended
 from pool_api.dispatch_rules import DispatchRules
 from pool_api.routing import routes_to_clause
 from pool_api.tables import agent_delegations as d
+from pool_api.tables import agent_pools as p
 from pool_api.tables import contracts as c
 from pool_api.tables import offerings as o
 
@@ -41,18 +42,31 @@ class Eligibility:
         return [pool["pool_id"] for pool in self.pools or []]
 
 
+def _provider_pools(conn: sa.Connection, provider_pubkey: str) -> dict[str, Mapping[str, Any]]:
+    return {row.pool_id: row._mapping for row in conn.execute(sa.select(p).where(p.c.provider_pubkey == provider_pubkey))}
+
+
+def _is_fallback(pools: Mapping[str, Mapping[str, Any]], pool_id: str) -> bool:
+    """Does any pool of the provider fall back (directly) to this one? Only then can it serve others."""
+    return any(pool["fallback_pool_id"] == pool_id for pool in pools.values())
+
+
 def for_agent(conn: sa.Connection, caller: Caller, now: int, rules: DispatchRules) -> Eligibility:
-    """The caller's served pools and whether it is passed over (two small queries)."""
+    """The caller's served pools and whether it is passed over: two small queries, and a third (the pools'
+    agent counts, pool_api.fallback) only for an unhealthy agent or a pool that is another's fallback."""
     me = conn.execute(sa.select(d.c.consecutive_failures, d.c.last_failure_ns, d.c.free_slots)
                       .where(d.c.agent_pubkey == caller.pubkey)).first()
     free = me.free_slots if me is not None else None
     if caller.pool_id is None:
         return Eligibility(pools=None, free_slots=free)
-    states = fallback.pool_states(conn, caller.provider_pubkey, now, rules)
-    served = fallback.served_pools(states, caller.pool_id, now)
-    if not served:
+    pools = _provider_pools(conn, caller.provider_pubkey)
+    if caller.pool_id not in pools:
         return Eligibility(pools=[], free_slots=free)
     unhealthy = me is not None and agent_health.is_unhealthy(me, now, rules)
+    if not unhealthy and not _is_fallback(pools, caller.pool_id):
+        return Eligibility(pools=[pools[caller.pool_id]], free_slots=free)
+    states = fallback.pool_states(conn, caller.provider_pubkey, now, rules)
+    served = fallback.served_pools(states, caller.pool_id, now)
     passed_over = unhealthy and served[0].healthy_online_count > 0
     return Eligibility(pools=[s.pool for s in served], passed_over=passed_over, free_slots=free)
 
@@ -62,6 +76,11 @@ def for_pool(conn: sa.Connection, provider_pubkey: str, pool_id: str | None, now
     """What the agents of one pool may take (the waiting claims' re-check), ignoring who is passed over."""
     if pool_id is None:
         return Eligibility(pools=None)
+    pools = _provider_pools(conn, provider_pubkey)
+    if pool_id not in pools:
+        return Eligibility(pools=[])
+    if not _is_fallback(pools, pool_id):
+        return Eligibility(pools=[pools[pool_id]])
     served = fallback.served_pools(fallback.pool_states(conn, provider_pubkey, now, rules), pool_id, now)
     return Eligibility(pools=[s.pool for s in served])
 

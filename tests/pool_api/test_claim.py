@@ -186,6 +186,7 @@ class TestLongPoll:
             wait_for(lambda: waiting(solo, agent), what="the claim to wait")
             solo.stop()
             assert poll.result() == []
+            assert "Traceback" not in solo.log_path.read_text()
             agent.close()
             provider.close()
 

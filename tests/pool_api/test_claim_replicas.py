@@ -19,6 +19,13 @@ from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.provider import Provider, data
 
 
+def assert_quiet_logs(*servers: PoolServer) -> None:
+    """No traceback, failed wake-up round or lost LISTEN connection in the replicas' logs."""
+    for server in servers:
+        log = server.log_path.read_text()
+        assert not any(bad in log for bad in ("Traceback", "claim_round_failed", "listen_failed")), log[-3000:]
+
+
 @pytest.fixture(scope="module")
 def replicas(pg_cluster) -> Iterator[tuple[PoolServer, PoolServer]]:  # noqa: ANN001 - session fixture
     url = pg_cluster.create_database()
@@ -62,6 +69,7 @@ class TestWakeAcrossReplicas:
         assert poll.result() == [created]
         waiter.close()
         holder.close()
+        assert_quiet_logs(a, b)
 
 
 class TestClaimRaceAcrossReplicas:
@@ -97,3 +105,4 @@ class TestClaimRaceAcrossReplicas:
         for agent in agents:
             assert all(contract(a, cid)["lockAgent"] == agent.pubkey for cid in got[agent.pubkey])
             agent.close()
+        assert_quiet_logs(a, b)
