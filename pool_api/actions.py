@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from pool_api import contract_events
 from pool_api.auth import Caller
 from pool_api.contracts import agent_pool, get_contract, has_ended, load_for_agent, not_ended
 from pool_api.db import now_ns
@@ -71,6 +72,7 @@ def request_password_reset(conn: sa.Connection, contract_id: str, recipient_publ
     conn.execute(sa.insert(r).values(request_id=request_id, contract_id=contract_id, kind=PASSWORD_RESET,
                                      status="pending", recipient_public_key=recipient_public_key.lower(),
                                      requested_at_ns=now))
+    contract_events.record(conn, contract_id, "password-reset-requested", detail={"requestId": request_id}, at_ns=now)
     return {"requestId": request_id, "contractId": contract_id, "requestedAtNs": now}
 
 
@@ -89,6 +91,7 @@ def request_ssh_key_rotation(conn: sa.Connection, contract_id: str, new_key: str
     request_id = _new_request_id()
     conn.execute(sa.insert(r).values(request_id=request_id, contract_id=contract_id, kind=SSH_KEY_ROTATION,
                                      status="pending", new_key=new_key, requested_at_ns=now))
+    contract_events.record(conn, contract_id, "ssh-key-rotation-requested", detail={"requestId": request_id}, at_ns=now)
     return {"requestId": request_id, "contractId": contract_id, "requestedAtNs": now}
 
 
@@ -149,6 +152,8 @@ def _report(conn: sa.Connection, caller: Caller, contract_id: str, kind: Kind, r
         .returning(r.c.new_key)
     ).first()
     if got is not None:
+        outcome = {"requestId": request_id, **(contract_events.failed_detail(values["error"]) if status == "failed" else {})}
+        contract_events.record(conn, contract_id, f"{kind}-{status}", agent=caller.pubkey, detail=outcome, at_ns=now)
         if status == "done" and on_done is not None:
             on_done(got)
         return {"contractId": contract_id, "requestId": request_id, "status": status, "repeated": False}

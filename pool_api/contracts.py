@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pool_api import wakeups
+from pool_api import contract_events, wakeups
 from pool_api.auth import Caller
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
@@ -191,9 +191,11 @@ def create_contracts(conn: sa.Connection, offering_id: str, *, ssh_pubkey: str |
                      status: str = "accepted", payment_status: str = "succeeded",
                      instance_config: dict[str, Any] | None = None, ends_at_ns: int | None = None) -> list[str]:
     """Contracts as the marketplace makes them; `ends_at_ns` is the contract's end (None: open-ended)."""
-    offering = conn.execute(sa.select(o.c.provider_pubkey).where(o.c.offering_id == offering_id)).first()
+    offering = conn.execute(sa.select(o.c.provider_pubkey, o.c.status).where(o.c.offering_id == offering_id)).first()
     if offering is None:
         raise ApiError(404, f"unknown offering {offering_id!r}")
+    if offering.status != "active":
+        raise ApiError(409, f"offering {offering_id!r} is {offering.status}: it takes no new contracts")
     now = now_ns()
     rows = [dict(contract_id=uuid.uuid4().hex, provider_pubkey=offering.provider_pubkey, offering_id=offering_id,
                  requester_ssh_pubkey=ssh_pubkey, instance_config=instance_config, status=status,
@@ -202,6 +204,8 @@ def create_contracts(conn: sa.Connection, offering_id: str, *, ssh_pubkey: str |
             for i in range(count)]
     if rows:
         conn.execute(sa.insert(c), rows)
+        contract_events.record_many(conn, [(r["contract_id"], r["created_at_ns"]) for r in rows], "created",
+                                    detail={"status": status, "paymentStatus": payment_status})
         wakeups.notify(conn, offering.provider_pubkey)  # waiting claims look again once this commits
     return [r["contract_id"] for r in rows]
 
@@ -219,9 +223,11 @@ def list_contracts(conn: sa.Connection, *, status: str | None = None, provider_p
 def cancel(conn: sa.Connection, contract_id: str) -> dict[str, Any]:
     """Mark a contract cancelled (the tenant ended it); clears any lock. Cancelling twice is a no-op."""
     now = now_ns()
-    conn.execute(
+    got = conn.execute(
         sa.update(c).where(c.c.contract_id == contract_id, c.c.status.not_in(("cancelled", "terminated")))
         .values(status="cancelled", cancelled_at_ns=now, updated_at_ns=now, lock_agent=None, lock_at_ns=None,
-                lock_expires_ns=None)
-    )
+                lock_expires_ns=None, lock_since_ns=None)
+    ).rowcount
+    if got:
+        contract_events.record(conn, contract_id, "cancelled", at_ns=now)
     return contract_json(get_contract(conn, contract_id))

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pool_api import contract_events
 from pool_api.auth import Caller
 from pool_api.contracts import HAS_INSTANCE, health_json, load_for_agent
 from pool_api.db import now_ns
@@ -25,16 +26,19 @@ HEALTH_STATUSES = ("healthy", "unhealthy", "unknown")
 def record(conn: sa.Connection, caller: Caller, contract_id: str, status: str, detail: str | None,
            latency_ms: float | None, checked_at_ns: int) -> dict[str, Any]:
     """Store one report of the calling agent (404 another provider's contract, 403 another pool's)."""
-    load_for_agent(conn, caller, contract_id)
+    before = load_for_agent(conn, caller, contract_id).health_status
     now = now_ns()
     conn.execute(sa.insert(h).values(contract_id=contract_id, status=status, detail=detail, latency_ms=latency_ms,
                                      checked_at_ns=checked_at_ns, agent_pubkey=caller.pubkey, received_at_ns=now))
-    conn.execute(
+    newest = conn.execute(
         sa.update(c).where(c.c.contract_id == contract_id,
                            sa.or_(c.c.health_checked_at_ns.is_(None), c.c.health_checked_at_ns <= checked_at_ns))
         .values(health_status=status, health_detail=detail, health_latency_ms=latency_ms,
                 health_checked_at_ns=checked_at_ns, health_agent=caller.pubkey)
-    )
+    ).rowcount
+    if newest and status != before:  # the history keeps changes of status, not every report
+        contract_events.record(conn, contract_id, "health", agent=caller.pubkey, at_ns=now,
+                               detail={"status": status, "detail": detail, "checkedAtNs": checked_at_ns})
     trim(conn, contract_id)
     return {"recorded": True}
 

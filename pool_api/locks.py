@@ -29,14 +29,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pool_api import agent_health, provision_stats, wakeups
+from pool_api import agent_health, contract_events, provision_stats, wakeups
 from pool_api.auth import Caller
 from pool_api.contracts import HAS_INSTANCE, PROVISIONABLE, has_ended, load_for_agent, not_ended
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.tables import contracts as c
 
-_CLEAR_LOCK = dict(lock_agent=None, lock_at_ns=None, lock_expires_ns=None)
+_CLEAR_LOCK = dict(lock_agent=None, lock_at_ns=None, lock_expires_ns=None, lock_since_ns=None)
 _NOT_STICKY = dict(sticky_agent=None, sticky_until_ns=None)  # the agent gave the contract back (eligibility)
 
 
@@ -69,10 +69,12 @@ def acquire(conn: sa.Connection, caller: Caller, contract_id: str, ttl_seconds: 
         )
         .values(lock_agent=caller.pubkey, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now,
                 first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, now),
-                sticky_agent=caller.pubkey, sticky_until_ns=expires + ttl_seconds * 1_000_000_000)
-        .returning(c.c.first_locked_at_ns)
+                sticky_agent=caller.pubkey, sticky_until_ns=expires + ttl_seconds * 1_000_000_000,
+                **contract_events.lock_since(caller.pubkey, now))
+        .returning(c.c.first_locked_at_ns, c.c.lock_since_ns)
     ).first()
     if got is not None:
+        contract_events.record_lock(conn, contract_id, caller.pubkey, now, expires, got.lock_since_ns)
         # firstLockedAtNs == lockedAtNs: nobody ever held this contract before, so no instance of it can
         # exist and the agent may skip its adoption check (find)
         return {"acquired": True, "contractId": contract_id, "lockedAtNs": now, "expiresAtNs": expires,
@@ -90,6 +92,7 @@ def release(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, 
     ).rowcount
     if got == 1:
         wakeups.notify(conn, caller.provider_pubkey)
+        contract_events.record(conn, contract_id, "released", agent=caller.pubkey, at_ns=now)
         return {"released": True, "contractId": contract_id}
     row = load_for_agent(conn, caller, contract_id)
     if row.lock_agent is None:
@@ -110,6 +113,8 @@ def provisioned(conn: sa.Connection, caller: Caller, contract_id: str, details: 
         .returning(c.c.first_locked_at_ns)
     ).first()
     if done is not None:
+        contract_events.record(conn, contract_id, "provisioned", agent=caller.pubkey, at_ns=now,
+                               detail=contract_events.provisioned_detail(details))
         first = done.first_locked_at_ns or None  # 0: locked before migration 0003, time unknown
         agent_health.record_success(conn, caller.pubkey)
         provision_stats.record(conn, provider_pubkey=caller.provider_pubkey, pool_id=caller.pool_id,
@@ -143,6 +148,8 @@ def failed(conn: sa.Connection, caller: Caller, contract_id: str, error_message:
         .returning(c.c.status, c.c.failure_count)
     ).first()
     if row is not None:
+        contract_events.record(conn, contract_id, "failed", agent=caller.pubkey, at_ns=now,
+                               detail=contract_events.failed_detail(error_message))
         agent_health.record_failure(conn, caller.pubkey, now)
         provision_stats.record(conn, provider_pubkey=caller.provider_pubkey, pool_id=caller.pool_id,
                                agent_pubkey=caller.pubkey, contract_id=contract_id, outcome="failed", at_ns=now)
@@ -168,6 +175,8 @@ def terminated(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[st
         .values(status="terminated", terminated_at_ns=now, terminated_by=caller.pubkey, updated_at_ns=now,
                 **_CLEAR_LOCK)
     ).rowcount
+    if got == 1:
+        contract_events.record(conn, contract_id, "terminated", agent=caller.pubkey, at_ns=now)
     row = load_for_agent(conn, caller, contract_id)
     if got == 1 or row.status == "terminated":
         return {"contractId": contract_id, "status": "terminated", "terminatedAtNs": row.terminated_at_ns,

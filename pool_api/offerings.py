@@ -15,7 +15,8 @@ from pool_api.tables import agent_pools as p
 from pool_api.tables import offerings as o
 
 FIELDS = ("name", "product_type", "datacenter_country", "provisioner_type", "agent_pool_id", "price", "cpu_cores",
-          "memory_mb", "storage_gb", "provisioner_config")
+          "memory_mb", "storage_gb", "provisioner_config", "status")
+STATUSES = ("active", "inactive")
 
 
 def new_offering_id() -> str:
@@ -35,6 +36,7 @@ def create_offering(conn: sa.Connection, provider_pubkey: str, fields: dict[str,
     _check_pool(conn, provider_pubkey, fields.get("agent_pool_id"))
     values = {k: fields.get(k) for k in FIELDS}
     values["product_type"] = values["product_type"] or "compute"
+    values["status"] = values["status"] or "active"
     values.update(offering_id=offering_id or new_offering_id(), provider_pubkey=provider_pubkey,
                   region=country_to_region(values["datacenter_country"]), created_at_ns=now_ns())
     try:
@@ -50,6 +52,7 @@ def update_offering(conn: sa.Connection, provider_pubkey: str, offering_id: str,
     _check_pool(conn, provider_pubkey, fields.get("agent_pool_id"))
     values = {k: fields.get(k) for k in FIELDS}
     values["region"] = country_to_region(values["datacenter_country"])
+    values["status"] = values["status"] or "active"
     conn.execute(sa.update(o).where(o.c.offering_id == offering_id).values(**values))
     return get_offering(conn, provider_pubkey, offering_id)
 
@@ -86,6 +89,7 @@ def offering_json(row: Any, pools: list[dict[str, Any]]) -> dict[str, Any]:
         "storageGb": m["storage_gb"],
         "provisionerConfig": m["provisioner_config"],
         "createdAtNs": m["created_at_ns"],
+        "status": m["status"],
         "resolvedPool": None if resolved is None else {
             "poolId": resolved["pool_id"], "name": resolved["name"], "location": resolved["location"],
             "provisionerType": resolved["provisioner_type"], "match": how,

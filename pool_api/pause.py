@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pool_api import contract_events
 from pool_api.contracts import contract_json, get_contract, has_ended, not_ended
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
@@ -41,6 +42,8 @@ def _switch(conn: sa.Connection, contract_id: str, provider_pubkey: str | None, 
         sa.update(c).where(c.c.contract_id == contract_id, c.c.status == source, not_ended(now))
         .values(status=target, updated_at_ns=now, **{stamp: now})
     ).rowcount
+    if got == 1:
+        contract_events.record(conn, contract_id, verb, at_ns=now)  # "paused" / "resumed"
     row = get_contract(conn, contract_id)
     if got == 1 or (row.status == target and not has_ended(row, now)):
         return _answer(row, repeated=got == 0)

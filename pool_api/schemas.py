@@ -81,6 +81,7 @@ class OfferingFields(Body):
     memory_mb: int | None = Field(default=None, ge=0, le=MAX_BIG)
     storage_gb: int | None = Field(default=None, ge=0, le=MAX_BIG)
     provisioner_config: dict[str, Any] | None = None
+    status: Literal["active", "inactive"] = "active"  # inactive: no new contracts (pool_api.contracts)
 
 
 class OfferingCreate(OfferingFields):

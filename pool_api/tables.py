@@ -100,6 +100,7 @@ offerings = sa.Table(
     sa.Column("memory_mb", sa.BigInteger),
     sa.Column("storage_gb", sa.BigInteger),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),  # active | inactive (0007)
     sa.Index(None, "provider_pubkey", "agent_pool_id"),
     sa.Index(None, "provider_pubkey", "region"),
 )
@@ -119,6 +120,7 @@ contracts = sa.Table(
     sa.Column("lock_agent", sa.String(64)),
     sa.Column("lock_at_ns", sa.BigInteger),
     sa.Column("lock_expires_ns", sa.BigInteger),
+    sa.Column("lock_since_ns", sa.BigInteger),  # the current holder's unbroken lock began (renewals keep it; 0007)
     sa.Column("first_locked_at_ns", sa.BigInteger),  # set by the first lock ever taken (migration 0003)
     sa.Column("provisioned_by", sa.String(64)),
     sa.Column("provisioned_at_ns", sa.BigInteger),
@@ -163,6 +165,19 @@ contract_health = sa.Table(
     sa.Column("checked_at_ns", sa.BigInteger, nullable=False),
     sa.Column("agent_pubkey", sa.String(64), nullable=False),
     sa.Column("received_at_ns", sa.BigInteger, nullable=False),
+    sa.Index(None, "contract_id", "id"),
+)
+
+# The history of each contract (migration 0007), append-only, written in the same transaction as the state
+# change it records (pool_api.contract_events has the kinds); the provider's contract page shows it.
+contract_events = sa.Table(
+    "contract_events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("contract_id", sa.String(64), sa.ForeignKey("contracts.contract_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at_ns", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("agent_pubkey", sa.String(64)),
+    sa.Column("detail", Json),
     sa.Index(None, "contract_id", "id"),
 )
 
