@@ -184,6 +184,35 @@ def test_provision(
                                         health_timeout=health_timeout, remove=remove))
 
 
+@app.command(short_help="Upgrade this venv's dc-agent with pip, restart the service, roll back on failure.")
+def upgrade(
+    config: Optional[Path] = ConfigOpt,
+    check: bool = typer.Option(False, "--check", help="Only say what would be installed."),
+    version: Optional[str] = typer.Option(None, "--version", metavar="V",
+                                          help="Install dc-agent==V [default: the newest the index or --from has]."),
+    source: Optional[Path] = typer.Option(None, "--from", metavar="PATH",
+                                          help="A wheel, a project directory, or a directory of wheels to install "
+                                               "from instead of the package index."),
+    no_restart: bool = typer.Option(False, "--no-restart", help="Install only; do not restart the service."),
+    unit: str = typer.Option("dc-agent", "--unit", metavar="NAME", help="The systemd unit that runs the agent."),
+    health_timeout: float = typer.Option(120.0, "--health-timeout", metavar="SECONDS",
+                                         help="How long the restarted agent may take to come up healthy."),
+) -> None:
+    """Upgrade the dc-agent of the venv this command runs from (python -m pip install --upgrade), check the new
+    `dc-agent --version`, restart the systemd unit when it is active (its stop drains the running agent), and
+    wait until the agent runs the new version and heartbeats (status.json in the state directory).
+
+    The installed version is saved as a wheel in <state_dir>/upgrade/previous first: if the new version does
+    not install, does not run or does not come up healthy, that wheel is reinstalled (and the unit restarted).
+    pip's own settings apply (PIP_INDEX_URL, PIP_FIND_LINKS, ...). Exit status 0 upgraded (or nothing to do),
+    1 failed (rolled back when anything changed), 78 configuration error.
+    """
+    from dc_agent.commands.upgrade import run_upgrade
+
+    raise typer.Exit(run_upgrade(config=config, check=check, version=version, source=source,
+                                 restart=not no_restart, unit=unit, health_timeout=health_timeout))
+
+
 @manual_app.command("list", short_help="Contracts waiting for an operator.")
 def manual_list(
     config: Optional[Path] = ConfigOpt,
