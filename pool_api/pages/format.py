@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 NS = 1_000_000_000
 
 
@@ -71,3 +73,10 @@ def duration_ms(ms: float | None) -> str:
         return f"{seconds:.1f} s"
     minutes, rest = divmod(int(round(seconds)), 60)
     return f"{minutes}m {rest:02d}s"
+
+
+def utc(ns: int | None) -> str:
+    """`2026-12-05 12:00:03 UTC` for a time in ns since the epoch; `—` for none."""
+    if ns is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns // NS))

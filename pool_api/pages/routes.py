@@ -400,9 +400,10 @@ async def revoke_agent(request: Request, pool_id: str, agent_pubkey: str) -> Res
 OFFERINGS_PER_PAGE = 50
 
 
-def filter_offerings(rows: list[dict[str, Any]], pool: str, product_type: str, search: str) -> list[dict[str, Any]]:
-    """The wireframe's filters: pool (a pool id, or "none" for offerings no pool serves), type, text."""
-    out = rows
+def filter_offerings(rows: list[dict[str, Any]], pool: str, product_type: str, search: str,
+                     status: str = "") -> list[dict[str, Any]]:
+    """The wireframe's filters: pool (a pool id, or "none" for offerings no pool serves), type, status, text."""
+    out = [r for r in rows if r["status"] == status] if status else rows
     if pool == "none":
         out = [r for r in out if r["resolvedPool"] is None]
     elif pool:
@@ -419,7 +420,8 @@ def filter_offerings(rows: list[dict[str, Any]], pool: str, product_type: str, s
 async def offerings_page(request: Request) -> Response:
     def view(ctx: Ctx) -> Response:
         q = ctx.request.query_params
-        filters = {"pool": q.get("pool", "")[:64], "type": q.get("type", "")[:32], "q": q.get("q", "").strip()[:200]}
+        filters = {"pool": q.get("pool", "")[:64], "type": q.get("type", "")[:32], "q": q.get("q", "").strip()[:200],
+                   "status": q.get("status", "") if q.get("status", "") in offerings.STATUSES else ""}
         try:
             page = max(1, int(q.get("page", "1")))
         except ValueError:
@@ -428,14 +430,24 @@ async def offerings_page(request: Request) -> Response:
             rows = offerings.list_offerings(conn, ctx.provider)
             pool_list = pools.list_pools(conn, ctx.provider, ctx.settings.online_window_ns)
         unrouted = [r for r in rows if r["resolvedPool"] is None]
-        shown = filter_offerings(rows, filters["pool"], filters["type"], filters["q"])
+        shown = filter_offerings(rows, filters["pool"], filters["type"], filters["q"], filters["status"])
         pages = max(1, -(-len(shown) // OFFERINGS_PER_PAGE))
         page = min(page, pages)
         first = (page - 1) * OFFERINGS_PER_PAGE
         return ctx.render("offerings.html", offerings=shown[first:first + OFFERINGS_PER_PAGE], total=len(rows),
                           matched=len(shown), first=first, page=page, pages=pages, filters=filters,
                           pools=pool_list, types=sorted({r["productType"] for r in rows}), unrouted=unrouted,
+                          statuses=offerings.STATUSES,
                           page_link=lambda n: "/provider/offerings?" + urlencode(
                               {**{k: v for k, v in filters.items() if v}, "page": n}))
 
     return await _page(request, view)
+
+
+# The console's pages (contracts, agents, offering forms and CSV) live in their own modules, which use Ctx and
+# _page from here; they are imported last so that this module is complete when they import it.
+from pool_api.pages import agents as agent_pages, contracts as contract_pages, offerings as offering_pages  # noqa: E402
+
+templates.filters.update(utc=fmt.utc)
+for _pages in (contract_pages, agent_pages, offering_pages):
+    router.include_router(_pages.router)

@@ -509,7 +509,7 @@ class TestOfferings:
         got = {r[0]: r for r in table_rows(html, "offerings")}
         assert got["vps-s-eu"][1:6] == ["VPS Small", "compute", "DE (europe)", "proxmox (default)",
                                         "(auto: europe-proxmox)"]
-        assert got["vps-s-eu"][6:] == ["1", "1 GB", "25 GB", "5.00"]
+        assert got["vps-s-eu"][6:] == ["1", "1 GB", "25 GB", "5.00", "Active"]
         assert got["vps-s-us"][5] == "na-proxmox explicit"
         assert got["ded-br"][5] == "⚠ no pool" and got["bad-country"][5] == "⚠ no pool"
         warning = re.search(r'<div class="warning" role="alert" id="unrouted-warning">(.*?)</div>', html, re.S)[1]
