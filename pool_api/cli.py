@@ -7,6 +7,7 @@ shows the variable. Heavy imports (SQLAlchemy, FastAPI, uvicorn) happen inside t
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -32,6 +33,9 @@ DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", envvar=f"{
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The shape of an Ed25519 key in hex, checked here: pool_api.auth (PyNaCl) and pool_api.schemas (pydantic
+# models) would cost the admin commands tens of milliseconds to import.
+HEX64_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _env(name: str) -> dict[str, Any]:
@@ -43,7 +47,7 @@ def _engine(database_url: str | None, migrate: bool = True):  # noqa: ANN202
 
     engine = db.create_engine(database_url or db.default_database_url())
     if migrate:
-        db.migrate(engine)
+        db.migrate_if_needed(engine)  # one SELECT when the schema is at head: no Alembic import
     return engine
 
 
@@ -145,11 +149,10 @@ def provider_add(
     """Register a provider key (adding it again updates the name)."""
     import sqlalchemy as sa
 
-    from pool_api.auth import HEX64
     from pool_api.db import now_ns
     from pool_api.tables import providers
 
-    if not HEX64.match(pubkey):
+    if not HEX64_KEY.fullmatch(pubkey):
         _fail("--pubkey: must be a 32-byte Ed25519 public key in hex (64 characters)")
     pubkey = pubkey.lower()
 
@@ -172,10 +175,9 @@ def login_link(
     ttl_minutes: Annotated[int, typer.Option(min=1, max=1440, help="Minutes until the link expires.")] = 10,
 ) -> None:
     """Print a one-time sign-in link to the provider web pages (/provider) for a registered provider."""
-    from pool_api.auth import HEX64
     from pool_api.pages.auth import create_login_link
 
-    if not HEX64.match(pubkey):
+    if not HEX64_KEY.fullmatch(pubkey):
         _fail("--pubkey: must be a 32-byte Ed25519 public key in hex (64 characters)")
     url, _expires = _run(database_url, lambda conn: create_login_link(
         conn, pubkey, base_url or "http://127.0.0.1:8080", ttl_minutes))
@@ -231,6 +233,11 @@ def offering_create(
 
 
 def _create_offering(conn, provider: str, fields, offering_id, offerings):  # noqa: ANN001, ANN202
+    _require_provider(conn, provider)
+    return offerings.create_offering(conn, provider, fields, offering_id)
+
+
+def _require_provider(conn, provider: str) -> None:  # noqa: ANN001
     import sqlalchemy as sa
 
     from pool_api.errors import ApiError
@@ -238,7 +245,63 @@ def _create_offering(conn, provider: str, fields, offering_id, offerings):  # no
 
     if conn.execute(sa.select(providers.c.pubkey).where(providers.c.pubkey == provider)).first() is None:
         raise ApiError(404, f"unknown provider {provider}: run `dc-pool-api provider add` first")
-    return offerings.create_offering(conn, provider, fields, offering_id)
+
+
+@offering_app.command("export")
+def offering_export(
+    provider: Annotated[str, typer.Option(help="Provider public key (hex).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write all of the provider's offerings as CSV (the header is in `offering import --help`)."""
+    from pool_api import offerings_csv
+
+    def export(conn) -> str:  # noqa: ANN001
+        _require_provider(conn, provider.lower())
+        return offerings_csv.export_csv(conn, provider.lower())
+
+    text = _run(database_url, export)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        _fail(f"--output {output}: cannot write ({exc.strerror})")
+    typer.echo(f"wrote {text.count(chr(10)) - 1} offerings to {output}", err=True)
+
+
+@offering_app.command("import")
+def offering_import(
+    csv_file: Annotated[Path, typer.Argument(metavar="FILE", help="The CSV file; - reads standard input.")],
+    provider: Annotated[str, typer.Option(help="Provider public key (hex).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create or replace offerings from CSV, all or nothing (an error on any line writes nothing).
+
+    Header: offering_id,name,product_type,datacenter_country,provisioner_type,agent_pool_id,price,cpu_cores,
+    memory_mb,storage_gb,status,provisioner_config (any order; name and datacenter_country required).
+    """
+    from pool_api import offerings_csv
+
+    try:
+        text = sys.stdin.read() if str(csv_file) == "-" else csv_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"{csv_file}: cannot read as UTF-8 text ({exc})")
+
+    def load(conn) -> dict[str, int]:  # noqa: ANN001
+        _require_provider(conn, provider.lower())
+        return offerings_csv.import_csv(conn, provider.lower(), text)
+
+    try:
+        result = _run(database_url, load)
+    except offerings_csv.CsvError as exc:
+        for line in exc.errors:
+            typer.echo(f"error: {csv_file}: {line}", err=True)
+        typer.echo("nothing was imported", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"imported {result['created'] + result['updated']} offerings: {result['created']} created, "
+               f"{result['updated']} updated")
 
 
 @contract_app.command("create")

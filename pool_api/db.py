@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+_DOWN_REVISION = re.compile(r"^down_revision\s*=\s*(?:['\"]([^'\"]+)['\"]|None)", re.M)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_MIGRATION_LOCK = 0x64C0_7001  # pg_advisory_lock key serialising concurrent `serve` start-ups
 
@@ -121,3 +125,41 @@ def migrate(engine: sa.Engine) -> None:
         with _migration_lock(engine, conn):
             command.upgrade(alembic_config(conn), "head")
             conn.commit()
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision id, read from the `revision` / `down_revision` lines of the migration files
+    (no Alembic import: the admin commands check it on every call)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        found = _REVISION.search(text)
+        if found is None:
+            continue
+        revisions.add(found[1])
+        down = _DOWN_REVISION.search(text)
+        if down is not None and down[1]:
+            parents.add(down[1])
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"{MIGRATIONS_DIR / 'versions'}: expected one head revision, found {sorted(heads)}")
+    return heads.pop()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The database's Alembic revision (one SELECT), or None for a database that was never migrated."""
+    with engine.connect() as conn:
+        try:
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        except sa.exc.DBAPIError:
+            return None  # no alembic_version table yet
+
+
+def migrate_if_needed(engine: sa.Engine) -> bool:
+    """Migrate unless the schema is already at the head revision; True when the migrations ran."""
+    if current_revision(engine) == head_revision():
+        return False
+    migrate(engine)
+    return True

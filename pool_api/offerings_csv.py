@@ -103,18 +103,26 @@ def _convert(column: str, text: str) -> Any:
 
 def read(text: str) -> list[tuple[int, OfferingCreate]]:
     """The rows of a CSV text, each with its line number; CsvError lists every problem found."""
+    rows, errors = _parse(text)
+    if errors:
+        raise CsvError([message for _line, message in errors])
+    return rows
+
+
+def _parse(text: str) -> tuple[list[tuple[int, OfferingCreate]], list[tuple[int, str]]]:
+    """(the good rows, the problems) of a CSV text, each with its line number (the header is line 1)."""
     if text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark, as spreadsheets write
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise CsvError(["line 1: the file is empty; the first line must be the header: " + HEADER]) from None
+        return [], [(1, "line 1: the file is empty; the first line must be the header: " + HEADER)]
     except csv.Error as exc:
-        raise CsvError([f"line 1: not CSV ({exc})"]) from None
-    errors = _header_errors(header)
+        return [], [(1, f"line 1: not CSV ({exc})")]
+    errors = [(1, message) for message in _header_errors(header)]
     if errors:
-        raise CsvError(errors)
+        return [], errors
     rows: list[tuple[int, OfferingCreate]] = []
     line = reader.line_num + 1
     while True:
@@ -123,24 +131,22 @@ def read(text: str) -> list[tuple[int, OfferingCreate]]:
         except StopIteration:
             break
         except csv.Error as exc:
-            errors.append(f"line {line}: not CSV ({exc})")
+            errors.append((line, f"line {line}: not CSV ({exc})"))
             break
         start, line = line, reader.line_num + 1
         if not any(cell.strip() for cell in cells):
             continue  # blank line
         if len(rows) + len(errors) >= MAX_ROWS:
-            errors.append(f"line {start}: more than {MAX_ROWS} rows; split the file")
+            errors.append((start, f"line {start}: more than {MAX_ROWS} rows; split the file"))
             break
         if len(cells) != len(header):
-            errors.append(f"line {start}: {len(cells)} cells, the header has {len(header)}")
+            errors.append((start, f"line {start}: {len(cells)} cells, the header has {len(header)}"))
             continue
         try:
             rows.append((start, parse_fields(dict(zip(header, cells)))))
         except ValueError as exc:
-            errors.append(f"line {start}: {exc}")
-    if errors:
-        raise CsvError(errors)
-    return rows
+            errors.append((start, f"line {start}: {exc}"))
+    return rows, errors
 
 
 def _header_errors(header: list[str]) -> list[str]:
@@ -159,7 +165,9 @@ def _header_errors(header: list[str]) -> list[str]:
 
 def import_csv(conn: sa.Connection, provider_pubkey: str, text: str) -> dict[str, int]:
     """Check every row, then create or replace the offerings: {created, updated}; CsvError writes nothing."""
-    rows = read(text)
+    rows, errors = _parse(text)
+    if errors and errors[0][0] == 1:
+        raise CsvError([message for _line, message in errors])  # the header is wrong: no row can be read
     pools = set(conn.execute(sa.select(p.c.pool_id).where(p.c.provider_pubkey == provider_pubkey)).scalars())
     ids = [body.offering_id for _, body in rows if body.offering_id]
     owners: dict[str, str] = {}
@@ -167,19 +175,19 @@ def import_csv(conn: sa.Connection, provider_pubkey: str, text: str) -> dict[str
         chunk = ids[i:i + 500]
         owners.update(conn.execute(sa.select(o.c.offering_id, o.c.provider_pubkey)
                                    .where(o.c.offering_id.in_(chunk))).tuples().all())
-    errors, seen = [], {}
+    seen: dict[str, int] = {}
     for line, body in rows:
         if body.agent_pool_id and body.agent_pool_id not in pools:
-            errors.append(f"line {line}: agent_pool_id: unknown pool {body.agent_pool_id!r} of this provider")
+            errors.append((line, f"line {line}: agent_pool_id: unknown pool {body.agent_pool_id!r} of this provider"))
         oid = body.offering_id
         if oid and oid in seen:
-            errors.append(f"line {line}: offering_id: {oid!r} is already on line {seen[oid]}")
+            errors.append((line, f"line {line}: offering_id: {oid!r} is already on line {seen[oid]}"))
         elif oid and owners.get(oid, provider_pubkey) != provider_pubkey:
-            errors.append(f"line {line}: offering_id: {oid!r} is taken; choose another id")
+            errors.append((line, f"line {line}: offering_id: {oid!r} is taken; choose another id"))
         if oid:
             seen.setdefault(oid, line)
     if errors:
-        raise CsvError(errors)
+        raise CsvError([message for _line, message in sorted(errors, key=lambda e: e[0])])
     created = updated = 0
     for _line, body in rows:
         fields = body.model_dump(exclude={"offering_id"})
