@@ -62,12 +62,23 @@ def _slots(capacity: dict[str, Any] | None, key: str) -> int | None:
 
 
 def heartbeat(conn: sa.Connection, agent_pubkey: str, version: str, provisioner_type: str | None,
-              active_contracts: int, capacity: dict[str, Any] | None) -> dict[str, Any]:
-    """Store the agent's state; its capacity `{maxConcurrent, freeSlots}` also goes to columns for dispatch."""
+              active_contracts: int, capacity: dict[str, Any] | None, *, resources: dict[str, Any] | None = None,
+              provisioners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Store the agent's state; its capacity `{maxConcurrent, freeSlots}` also goes to columns for dispatch.
+    The host inventory and provisioner list replace the stored ones only when sent (as on the live API)."""
     values: dict[str, Any] = dict(last_seen_ns=now_ns(), version=version, provisioner_type=provisioner_type,
                                   active_contracts=active_contracts, capacity=capacity)
     if capacity is not None:
         values.update(max_concurrent=_slots(capacity, "maxConcurrent"), free_slots=_slots(capacity, "freeSlots"))
+    if resources is not None or provisioners is not None:
+        stored = conn.execute(sa.select(d.c.inventory).where(d.c.agent_pubkey == agent_pubkey)).scalar_one_or_none()
+        inventory = dict(stored) if isinstance(stored, dict) else {}
+        if resources is not None:
+            inventory = {**resources, **({"provisioners": inventory["provisioners"]} if "provisioners" in inventory
+                                         else {})}
+        if provisioners is not None:
+            inventory["provisioners"] = provisioners
+        values["inventory"] = inventory
     conn.execute(sa.update(d).where(d.c.agent_pubkey == agent_pubkey).values(**values))
     row = conn.execute(
         sa.select(d.c.pool_id, p.c.name).select_from(d.outerjoin(p, p.c.pool_id == d.c.pool_id))

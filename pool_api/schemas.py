@@ -88,11 +88,25 @@ class OfferingCreate(OfferingFields):
     offering_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
 
 
+MAX_INVENTORY_BYTES = 64 * 1024
+
+
 class HeartbeatRequest(Body):
     version: str = Field(max_length=64)
     provisioner_type: ProvisionerType | None = None
     active_contracts: int = Field(default=0, ge=0, le=MAX_INT32)
     capacity: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None  # the host inventory (ResourceInventory field names), stored as sent
+    provisioners: list[dict[str, Any]] | None = Field(default=None, max_length=32)  # [{name, type, healthy, ...}]
+
+    @field_validator("resources", "provisioners")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        import json
+
+        if value is not None and len(json.dumps(value)) > MAX_INVENTORY_BYTES:
+            raise ValueError(f"must be at most {MAX_INVENTORY_BYTES} bytes of JSON")
+        return value
 
 
 class ClaimRequest(Body):

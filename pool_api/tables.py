@@ -79,6 +79,9 @@ agent_delegations = sa.Table(
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_failure_ns", sa.BigInteger),
     sa.Column("claim_waiting_until_ns", sa.BigInteger),
+    # Host inventory (migration 0006): the latest heartbeat's `resources` (the live API's ResourceInventory
+    # field names) plus its `provisioners` list, shown on the agent page (pool_api.agent_detail).
+    sa.Column("inventory", Json),
     sa.Index(None, "provider_pubkey"),
     sa.Index(None, "pool_id"),
 )

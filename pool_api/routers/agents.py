@@ -27,7 +27,7 @@ def setup(body: SetupRequest, engine: EngineDep, settings: SettingsDep):
 def heartbeat(pubkey: str, body: HeartbeatRequest, caller: AgentDep, engine: EngineDep, settings: SettingsDep):
     with engine.begin() as conn:
         pool = agents.heartbeat(conn, caller.pubkey, body.version, body.provisioner_type, body.active_contracts,
-                                body.capacity)
+                                body.capacity, resources=body.resources, provisioners=body.provisioners)
     return ok({"acknowledged": True, "nextHeartbeatSeconds": settings.heartbeat_seconds, **pool,
                "claim": settings.advertise_claim})
 
