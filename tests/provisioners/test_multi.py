@@ -5,6 +5,7 @@ the table. The drivers are real: the example script (in two directories) and the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -205,3 +206,22 @@ class TestConfigErrors:
 def test_no_provisioner_is_refused():
     with pytest.raises(ValueError):
         MultiProvisioner([])
+
+
+def test_status_lists_each_provisioner_with_its_health(tmp_path):
+    """`dc-agent status`: the provisioner line plus one line per provisioner; a broken one fails the whole."""
+    import subprocess
+
+    path = write_config(tmp_path, '[provisioners.box]\ntype = "script"\ncommand = ["/nonexistent/provision"]\n')
+    agent = Path(sys.executable).parent / "dc-agent"
+    res = subprocess.run([str(agent), "status", "--config", str(path), "--json"], capture_output=True, text=True,
+                         timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("DC_AGENT_")})
+    report = json.loads(res.stdout)
+    assert res.returncode == 1 and report["checks"]["provisioner"] is False
+    assert [(p["name"], p["type"], p["healthy"]) for p in report["provisioners"]] == [
+        ("script", "script", True), ("other", "script", True), ("hand", "manual", True), ("box", "script", False)]
+    assert any("provisioner box: command: /nonexistent/provision" in p for p in report["problems"])
+    table = subprocess.run([str(agent), "status", "--config", str(path)], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("DC_AGENT_")}).stdout
+    assert any(line.startswith("FAIL   box") and "script:" in line for line in table.splitlines()), table
+    assert any(line.startswith("ok     script") and "(default)" in line for line in table.splitlines()), table
