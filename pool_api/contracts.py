@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from pool_api import contract_events, wakeups
-from pool_api.auth import Caller
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
 from pool_api.routing import DEFAULT_PROVISIONER_TYPE, routes_to
 from pool_api.tables import agent_pools as p
 from pool_api.tables import contracts as c
 from pool_api.tables import offerings as o
+
+if TYPE_CHECKING:  # PyNaCl stays out of the admin commands' start-up
+    from pool_api.auth import Caller
 
 PROVISIONABLE = ("accepted", "provisioning")
 # An instance runs for a provisioned contract; a paused one keeps its instance, stopped (pool_api.pause).

@@ -17,10 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy import event
-
-log = structlog.get_logger("pool_api.wakeups")
 
 CHANNEL = "dc_pool_dispatch"
 _PENDING = "dc_pool_wake_pending"
@@ -79,7 +76,9 @@ async def listen(engine: sa.Engine, on_notify: Callable[[str], None], on_connect
     """Keep one LISTEN connection open (reconnecting with backoff) and pass each payload to `on_notify`.
     `on_connect` runs after every (re)connect, since notifications sent while disconnected are lost."""
     import psycopg
+    import structlog  # here, not at the top: the admin commands import this module and need no logging
 
+    log = structlog.get_logger("pool_api.wakeups")
     attempt = 0
     while True:
         try:
