@@ -24,7 +24,7 @@ class TestMainPath:
             hb = data(agent.post(f"{base}/heartbeat", json={"version": "0.1.0", "provisionerType": "proxmox",
                                                              "activeContracts": 0}))
             assert hb == {"acknowledged": True, "nextHeartbeatSeconds": 30, "poolId": pool["poolId"],
-                          "poolName": "eu-proxmox"}
+                          "poolName": "eu-proxmox", "claim": True}
             [cid] = provider.create_contract("vps-eu")
             pending = data(agent.get(f"{base}/contracts/pending-provision"))
             assert [c["contractId"] for c in pending] == [cid]
