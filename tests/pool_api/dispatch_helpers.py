@@ -27,6 +27,33 @@ def claim_ids(agent: Agent, max_contracts: int = 1, wait: float = 0, **extra: An
     return [item["contractId"] for item in claim(agent, max_contracts, wait, **extra)]
 
 
+def claim_until_empty(agents: list[Agent], max_contracts: int, wait: float = 0,
+                      then: Callable[[], Any] | None = None) -> tuple[dict[str, list[str]], Any]:
+    """Each agent, in its own thread, claims (leaving out what it already holds) until a claim comes back
+    empty; they start together, and `then()` runs once they have started. Returns (contracts by agent key,
+    what `then` returned)."""
+    got: dict[str, list[str]] = {agent.pubkey: [] for agent in agents}
+    started = threading.Barrier(len(agents) + 1)
+
+    def work(agent: Agent) -> None:
+        started.wait(timeout=60)
+        while True:
+            items = claim_ids(agent, max_contracts, wait=wait, exclude=got[agent.pubkey])
+            if not items:
+                return
+            got[agent.pubkey].extend(items)
+
+    threads = [threading.Thread(target=work, args=(agent,)) for agent in agents]
+    for t in threads:
+        t.start()
+    started.wait(timeout=60)
+    made = then() if then is not None else None
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a claimer did not finish"
+    return got, made
+
+
 class Background:
     """A call running in a thread (a long-poll claim); `result()` joins it."""
 

@@ -5,7 +5,6 @@ deadline and the tests assert on what came back."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -20,6 +19,7 @@ from tests.pool_api.dispatch_helpers import (
     Background,
     claim,
     claim_ids,
+    claim_until_empty,
     metrics_text,
     set_columns,
     waiting,
@@ -115,22 +115,7 @@ class TestConcurrentClaims:
         for agent in agents:
             agent.heartbeat()
         ids = make_contracts(server, offering, 60)
-        got: dict[str, list[str]] = {agent.pubkey: [] for agent in agents}
-        barrier = threading.Barrier(len(agents))
-
-        def work(agent: Agent) -> None:
-            barrier.wait(timeout=60)
-            while True:
-                items = claim_ids(agent, 4, exclude=got[agent.pubkey])
-                if not items:
-                    return
-                got[agent.pubkey].extend(items)
-
-        threads = [threading.Thread(target=work, args=(agent,)) for agent in agents]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        got, _ = claim_until_empty(agents, 4)
         owners = Counter(cid for items in got.values() for cid in items)
         print(f"[{server.database_url.split(':')[0]}] 12 claimers, 60 contracts: claimed once = "
               f"{sum(1 for c in ids if owners[c] == 1)}, twice or more = {sum(1 for c in ids if owners[c] > 1)}, "

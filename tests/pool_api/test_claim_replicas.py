@@ -7,14 +7,13 @@ or from another process (`dc-pool-api contract create`). Claimers on both replic
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from tests.pool_api.dispatch_helpers import Background, claim_ids, waiting
-from tests.pool_api.helpers import Agent, contract, make_contracts, new_agent, quick_provider, wait_for
+from tests.pool_api.dispatch_helpers import Background, claim_ids, claim_until_empty, waiting
+from tests.pool_api.helpers import contract, make_contracts, new_agent, quick_provider, wait_for
 from tests.support.pool_server import PoolServer, running_pool_api
 from tests.support.provider import Provider, data
 
@@ -80,24 +79,8 @@ class TestClaimRaceAcrossReplicas:
         agents = [new_agent(provider, pool_id, server=(a, b)[i % 2]) for i in range(8)]
         for agent in agents:
             agent.heartbeat()
-        got: dict[str, list[str]] = {agent.pubkey: [] for agent in agents}
-        started = threading.Barrier(len(agents) + 1)
-
-        def work(agent: Agent) -> None:
-            started.wait(timeout=60)
-            while True:
-                items = claim_ids(agent, 3, wait=3, exclude=got[agent.pubkey])
-                if not items:
-                    return
-                got[agent.pubkey].extend(items)
-
-        threads = [threading.Thread(target=work, args=(agent,)) for agent in agents]
-        for t in threads:
-            t.start()
-        started.wait(timeout=60)
-        ids = make_contracts(a, offering, 20) + make_contracts(a, offering, 20)
-        for t in threads:
-            t.join(timeout=120)
+        got, ids = claim_until_empty(agents, 3, wait=3,  # the claims wait for the contracts made once they started
+                                     then=lambda: make_contracts(a, offering, 20) + make_contracts(a, offering, 20))
         owners = Counter(cid for items in got.values() for cid in items)
         print(f"[two replicas] 8 claimers, 40 contracts: claimed once = {sum(1 for c in ids if owners[c] == 1)}, "
               f"more = {sum(1 for c in ids if owners[c] > 1)}, per agent {sorted(len(v) for v in got.values())}")
