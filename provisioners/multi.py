@@ -200,11 +200,19 @@ class MultiProvisioner(Lifecycle):
         driver's find also clears what an unfinished attempt of the contract left in it."""
         first = self._by_name.get(self._contracts.get(contract_id, ""))
         found: InstanceDetails | None = None
+        failed: list[ProvisionError] = []
         for member in ([first] if first else []) + [m for m in self.members if m is not first]:
-            details = member.driver.find(contract_id)
+            try:
+                details = member.driver.find(contract_id)
+            except ProvisionError as exc:  # another driver may still hold the instance: ask the rest first
+                log.warning("provisioner %s: find for contract %s failed: %s", member.name, contract_id, exc)
+                failed.append(exc)
+                continue
             if details is not None and found is None:
                 self._remember(details.external_id, member)
                 found = details
+        if found is None and failed:
+            raise failed[0]  # not "nothing there": provisioning again could make a second instance
         return found
 
     def list_instances(self) -> list[Instance]:

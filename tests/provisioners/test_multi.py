@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from dc_agent import config as cfg
 from dc_agent.errors import ConfigFileError
 from provisioners import ConfigError, capabilities
-from provisioners.base import Contract
+from provisioners.base import Contract, ProvisionError
 from provisioners.inventory import merge
 from provisioners.multi import MultiProvisioner, describe, members_of
 
@@ -210,8 +211,6 @@ def test_no_provisioner_is_refused():
 
 def test_status_lists_each_provisioner_with_its_health(tmp_path):
     """`dc-agent status`: the provisioner line plus one line per provisioner; a broken one fails the whole."""
-    import subprocess
-
     path = write_config(tmp_path, '[provisioners.box]\ntype = "script"\ncommand = ["/nonexistent/provision"]\n')
     agent = Path(sys.executable).parent / "dc-agent"
     res = subprocess.run([str(agent), "status", "--config", str(path), "--json"], capture_output=True, text=True,
@@ -225,3 +224,17 @@ def test_status_lists_each_provisioner_with_its_health(tmp_path):
                            env={k: v for k, v in os.environ.items() if not k.startswith("DC_AGENT_")}).stdout
     assert any(line.startswith("FAIL   box") and "script:" in line for line in table.splitlines()), table
     assert any(line.startswith("ok     script") and "(default)" in line for line in table.splitlines()), table
+
+
+def test_find_survives_one_broken_driver_but_never_reports_nothing_on_a_failure(tmp_path):
+    """A failing driver's find does not hide an instance another driver has; with none found it is an error
+    (provisioning again could make a second instance in the driver that could not answer)."""
+    path = write_config(tmp_path)
+    text = path.read_text().replace(f'"find", "--dir", "{tmp_path / "b"}"', '"nonexistent-action"', 1)
+    path.write_text(text)
+    driver = cfg.load_driver(cfg.load(path, environ={}))
+    made = driver.provision(Contract("c-a"), threading.Event())
+    fresh = cfg.load_driver(cfg.load(path, environ={}))
+    assert fresh.find("c-a").external_id == made.external_id
+    with pytest.raises(ProvisionError):
+        fresh.find("c-none")
