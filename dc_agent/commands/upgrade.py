@@ -195,6 +195,9 @@ def run_upgrade(*, config: Path | None, check: bool, version: str | None, source
     except UpgradeError as exc:
         fail("upgrade", str(exc))
         return EXIT_FAILURE
+    if version and target and target != version:
+        fail("upgrade", f"{where} holds dc-agent {target}, not the --version {version} asked for; nothing changed")
+        return EXIT_FAILURE
     if target is None or target == current:
         say(f"dc-agent {current} is installed; {where} has nothing else to install"
             + (f" for {version}" if version else ""))
@@ -237,8 +240,19 @@ def _upgrade(venv: Venv, args: list[str], current: str | None, target: str, stat
         say(f"{service.unit}.service runs dc-agent {target} and heartbeats: done")
         return EXIT_OK
     except (UpgradeError, OSError, subprocess.SubprocessError) as exc:
+        if _unchanged(venv, current):
+            fail("upgrade", f"{exc}; nothing changed: dc-agent {current} is still installed")
+            return EXIT_FAILURE
         fail("upgrade", f"dc-agent {target} does not work: {exc}")
         return _roll_back(venv, saved, current, state_dir, None if no_restart else service, health_timeout)
+
+
+def _unchanged(venv: Venv, current: str | None) -> bool:
+    """pip failed before touching anything (no permission, no network): the old version is intact and runs."""
+    try:
+        return venv.installed() == current and venv.agent_version() == current
+    except (UpgradeError, OSError, subprocess.SubprocessError):
+        return False
 
 
 def _roll_back(venv: Venv, saved: Path, previous: str | None, state_dir: Path | None, service: Service | None,

@@ -98,9 +98,11 @@ class TestInstall:
         assert "Traceback" not in res.stderr.split("`")[0]
         assert site.version() == "dc-agent 0.0.1"
 
-    def test_an_unknown_version_changes_nothing(self, site):
+    def test_an_unknown_version_changes_nothing(self, site, wheels):
         res = site.upgrade("--version", "7.7.7", "--no-restart")
         assert res.returncode == 1 and "pip cannot find what to install" in res.stderr, res.stdout + res.stderr
+        res = site.upgrade("--from", str(wheels["new"]), "--version", "9.9.1", "--no-restart")
+        assert res.returncode == 1 and "holds dc-agent 9.9.0, not the --version 9.9.1" in res.stderr, res.stderr
         assert site.version() == "dc-agent 0.0.1"
 
 
