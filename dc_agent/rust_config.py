@@ -41,8 +41,6 @@ WHY = {
     "polling.orphan_tracker_path": "no orphan tracker file: dc-agent keeps its state in [agent] state_dir",
     "gateway": "dc-agent has no gateway (Caddy reverse proxy, port forwarding, DNS records through the API): "
                "its instances need their own public address",
-    "additional_provisioners": "dc-agent runs one driver per agent: run a second dc-agent (its own "
-                               "--config and setup token) for this one",
     "notification_webhook": "dc-agent's manual driver has no webhook: poll "
                                                "`dc-agent manual list --json` from your notifier instead",
 }
@@ -68,6 +66,7 @@ class Translation:
     provisioner_type: str
     provisioner: dict[str, Any]  # our [provisioner.<type>] table
     secret_key: str  # [api] agent_secret_key: 64 hex characters inline, or a key file's path
+    extra_provisioners: dict[str, dict[str, Any]] = field(default_factory=dict)  # [provisioners.<name>], with type
     mapped: list[tuple[str, str]] = field(default_factory=list)  # (Rust key, our key)
     unmapped: list[Unmapped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # choices made for the operator to know
@@ -196,15 +195,27 @@ def translate(rust: dict[str, Any], *, public_ip: str | None = None) -> Translat
         m.notes.append("[agent] max_concurrent = 1: the Rust agent ran one script at a time; raise it once your "
                        "scripts are safe to run side by side")
 
+    extras: dict[str, dict[str, Any]] = {}
     for index, extra in enumerate(rust.get("additional_provisioners") or []):
-        kind_name = extra.get("type", "?") if isinstance(extra, dict) else "?"
-        m.skip(f"additional_provisioners[{index}] (type = {kind_name})", WHY["additional_provisioners"])
+        if not isinstance(extra, dict):
+            raise RustConfigError(f"additional_provisioners[{index}] must be a table with a type")
+        extra_kind, extra_table, extra_where = _provisioner(extra, m, where=f"additional_provisioners[{index}]")
+        if extra_kind == "docker":
+            settings = _docker(extra_table, extra_where, m, public_ip, gateway)
+        else:
+            settings = {"proxmox": _proxmox, "script": _script, "manual": _manual}[extra_kind](
+                extra_table, extra_where, m)
+        name = extra_kind if extra_kind != kind and extra_kind not in extras else f"{extra_kind}{index + 2}"
+        extras[name] = {"type": extra_kind, **settings}
+        m.map(f"additional_provisioners[{index}]", f"[provisioners.{name}] (a contract of type {extra_kind!r} "
+              "goes to it; dc-agent routes by the offering's provisioner type as the Rust agent did)")
     for key in sorted(gateway):
         if not (kind == "docker" and key == "public_ip" and public_ip is None):
             m.skip(f"gateway.{key}", WHY["gateway"])
     for key in sorted(set(rust) - {"api", "polling", "provisioner", "additional_provisioners", "gateway"}):
         m.skip(key, "not a table of the Rust agent's config (it would refuse this file)")
-    return Translation(agent=agent, provisioner_type=kind, provisioner=ours, secret_key=secret,
+    return Translation(agent=agent, provisioner_type=kind, provisioner=ours, extra_provisioners=extras,
+                       secret_key=secret,
                        mapped=m.mapped, unmapped=m.unmapped, notes=m.notes)
 
 
@@ -216,38 +227,39 @@ def _health_option() -> str | None:
                  if name in AGENT_OPTIONS), None)
 
 
-def _provisioner(section: dict[str, Any], m: _Mapper) -> tuple[str, dict[str, Any], str]:
+def _provisioner(section: dict[str, Any], m: _Mapper, *, where: str = "provisioner"
+                 ) -> tuple[str, dict[str, Any], str]:
     """The driver type, its keys and where they were: the nested table if present (as the Rust agent
-    prefers), else the flat [provisioner] keys."""
+    prefers), else the flat keys of `where` ([provisioner] or an [[additional_provisioners]] entry)."""
     kind = section.get("type")
     if not isinstance(kind, str):
-        raise RustConfigError("[provisioner] type is missing (proxmox, script, manual, docker or digitalocean)")
+        raise RustConfigError(f"[{where}] type is missing (proxmox, script, manual, docker or digitalocean)")
     if kind in NO_DRIVER:
-        raise RustConfigError(f"[provisioner] type = {kind!r}: {NO_DRIVER[kind]}")
+        raise RustConfigError(f"[{where}] type = {kind!r}: {NO_DRIVER[kind]}")
     if kind not in FLAT_KEYS:
-        raise RustConfigError(f"[provisioner] type = {kind!r} is not a Rust agent provisioner "
+        raise RustConfigError(f"[{where}] type = {kind!r} is not a Rust agent provisioner "
                               "(proxmox, script, manual, docker, digitalocean)")
     nested = section.get(kind)
     flat = {k: v for k, v in section.items() if k != "type" and not isinstance(v, dict)}
     for name, value in section.items():
         if isinstance(value, dict) and name != kind:
             for key in sorted(value):
-                m.skip(f"provisioner.{name}.{key}", f"ignored, as by the Rust agent: [provisioner] type = {kind!r}")
+                m.skip(f"{where}.{name}.{key}", f"ignored, as by the Rust agent: [{where}] type = {kind!r}")
     if isinstance(nested, dict):
         for key in sorted(flat):
-            m.skip(f"provisioner.{key}", f"ignored, as by the Rust agent: [provisioner.{kind}] is used instead")
+            m.skip(f"{where}.{key}", f"ignored, as by the Rust agent: [{where}.{kind}] is used instead")
         table = dict(nested)
         for key in sorted(set(table) - set(NESTED_KEYS[kind])):
-            m.skip(f"provisioner.{kind}.{key}", f"not a key of the Rust agent's [provisioner.{kind}] "
+            m.skip(f"{where}.{kind}.{key}", f"not a key of the Rust agent's [{where}.{kind}] "
                                                 "(it would refuse this file)")
             table.pop(key)
-        return kind, table, f"provisioner.{kind}"
+        return kind, table, f"{where}.{kind}"
     table = {k: v for k, v in flat.items() if k in FLAT_KEYS[kind]}
     for key in sorted(set(flat) - set(table)):
         known = any(key in keys for keys in FLAT_KEYS.values())
-        m.skip(f"provisioner.{key}", f"ignored, as by the Rust agent: " +
+        m.skip(f"{where}.{key}", f"ignored, as by the Rust agent: " +
                (f"a key of another provisioner type than {kind!r}" if known else "not one of its keys"))
-    return kind, table, "provisioner"
+    return kind, table, where
 
 
 def _proxmox(table: dict[str, Any], where: str, m: _Mapper) -> dict[str, Any]:

@@ -80,6 +80,8 @@ def _document(translation: Any, key_path: Path, state_dir: Path) -> dict[str, An
         "keys": {"private_key_path": str(key_path)},
         "provisioner": {"type": translation.provisioner_type,
                         translation.provisioner_type: dict(translation.provisioner)},
+        **({"provisioners": {name: dict(table) for name, table in translation.extra_provisioners.items()}}
+           if translation.extra_provisioners else {}),
     }
 
 
@@ -95,6 +97,8 @@ def _check(text: str, config_path: Path) -> None:
         try:
             settings = cfg.load(probe, environ={})
             load_driver(settings.provisioner_type, dict(settings.provisioner_settings), config_path=config_path)
+            for extra in settings.extra_provisioners:
+                load_driver(extra.type, dict(extra.settings), config_path=config_path)
         except (ConfigFileError, ConfigError) as exc:
             raise _Refused(f"the imported config would not load: {str(exc).replace(str(probe), str(config_path))}; "
                            "fix that value in the Rust file and import again") from None

@@ -157,14 +157,15 @@ class TestEachProvisioner:
             "pool": "dc-vms", "verify_tls": False}
         assert load_driver("proxmox", settings.provisioner_settings, config_path=out).name == "proxmox"
         skipped = not_imported(res.stdout)
-        assert {"gateway.dc_id", "gateway.public_ip", "gateway.ports_per_vm",
-                "additional_provisioners[0] (type = docker)"} <= set(skipped)
+        assert {"gateway.dc_id", "gateway.ports_per_vm"} <= set(skipped)
+        (extra,) = settings.extra_provisioners  # [[additional_provisioners]] type = "docker"
+        assert (extra.name, extra.type, extra.settings.get("public_ip")) == ("docker", "docker", "203.0.113.1")
+        assert "additional_provisioners[0]" in res.stdout and "[provisioners.docker]" in res.stdout
         if "health_interval_seconds" in cfg.AGENT_OPTIONS:  # mapped once the agent has the option
             assert settings.health_interval_seconds == 600 and "polling.health_check_interval_seconds" not in skipped
         else:
             assert "polling.health_check_interval_seconds" in skipped
-        assert "no gateway" in skipped["gateway.dc_id"] and "one driver per agent" in \
-            skipped["additional_provisioners[0] (type = docker)"]
+        assert "no gateway" in skipped["gateway.dc_id"]
         assert PVE_SECRET not in res.stdout
 
     def test_proxmox_flat_layout_and_rust_defaults(self, tmp_path):
