@@ -68,7 +68,7 @@ class JobRunner:
     async def run(self, job: Job) -> None:
         a = self.agent
         cid = job.contract.contract_id
-        job.log.info("provisioning", provisioner=a.settings.provisioner_type)
+        job.log.info("provisioning", provisioner=job.contract.provisioner_type or a.settings.provisioner_type)
         renewer = asyncio.create_task(a.leases.keep(job), name=f"renew-{cid}")
         details: InstanceDetails | None = None
         error: str | None = None
