@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pool_api import contract_events
+from pool_api import contract_events, wakeups
 from pool_api.contracts import PROVISIONABLE, has_ended, not_ended
 from pool_api.db import now_ns
 from pool_api.errors import ApiError
@@ -42,6 +42,7 @@ def release_lock(conn: sa.Connection, provider_pubkey: str, contract_id: str, ho
     ).rowcount
     if got == 1:
         contract_events.record(conn, contract_id, "provider-released", detail={"agent": holder}, at_ns=now)
+        wakeups.notify(conn, provider_pubkey)  # waiting claims look again once this commits
         return {"contractId": contract_id, "released": True}
     row = owned_contract(conn, provider_pubkey, contract_id)
     if row.lock_agent is None:
@@ -64,6 +65,7 @@ def retry_now(conn: sa.Connection, provider_pubkey: str, contract_id: str) -> di
     if got == 1:
         contract_events.record(conn, contract_id, "provider-retry", detail={"failureCount": before.failure_count},
                                at_ns=now)
+        wakeups.notify(conn, provider_pubkey)
         return {"contractId": contract_id, "retried": True}
     row = owned_contract(conn, provider_pubkey, contract_id)
     if row.status not in PROVISIONABLE:

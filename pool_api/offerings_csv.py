@@ -174,7 +174,7 @@ def import_csv(conn: sa.Connection, provider_pubkey: str, text: str) -> dict[str
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         owners.update(conn.execute(sa.select(o.c.offering_id, o.c.provider_pubkey)
-                                   .where(o.c.offering_id.in_(chunk))).tuples().all())
+                                   .where(o.c.offering_id.in_(chunk))).all())
     seen: dict[str, int] = {}
     for line, body in rows:
         if body.agent_pool_id and body.agent_pool_id not in pools:

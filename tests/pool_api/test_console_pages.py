@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from pool_api import actions, contract_events, pause
+from pool_api import actions, agents, contract_events, pause
 from pool_api.tables import contracts as contracts_table
 from pool_api.tables import offerings as offerings_table
 from tests.pool_api.console_helpers import agent, backdate_lock, contracts, offering
@@ -262,6 +262,26 @@ class TestAgentPage:
         revoked = client.get(done.headers["location"]).text
         assert "Agent revoked" in revoked and "● Revoked" in revoked and 'id="revoke"' not in revoked
         assert client.get(f"/provider/agents/{A1}/revoke").status_code == 409
+
+    def test_inventory_and_provisioners_as_the_heartbeat_sent_them(self, engine: sa.Engine, client: TestClient,
+                                                                   alice: str) -> None:
+        eu = make_pool(engine, alice, "eu")
+        agent(engine, alice, eu, A1, "node-1")
+        bare = client.get(f"/provider/agents/{A1}").text
+        assert "heartbeat carried no inventory." in bare
+        with engine.begin() as conn:
+            agents.heartbeat(conn, A1, "0.9.0", "proxmox", 1, {"maxConcurrent": 2, "freeSlots": 1},
+                             resources={"cpuCores": 16, "memoryMb": 65536, "gpus": [{"model": XSS}],
+                                        "apiToken": "not-shown"},
+                             provisioners=[{"name": "pve1", "type": "proxmox", "healthy": True}])
+        html = client.get(f"/provider/agents/{A1}").text
+        inventory = dict(_th_rows(html, "inventory"))
+        assert inventory["cpuCores"] == "16" and inventory["memoryMb"] == "65536"
+        assert inventory["apiToken"] == "***" and "not-shown" not in html
+        assert "<script>" not in html and "\\u003cscript\\u003e" in html  # nested values as JSON, escaped
+        provisioners = " ".join(" ".join(r) for r in table_rows(html, "provisioners"))
+        assert provisioners == "name=pve1 type=proxmox healthy=true"
+        assert dict(_th_rows(html, "agent"))["Active contracts"] == "1 of 2 (1 free)"
 
 
 def resolved_pool(html: str) -> str:
