@@ -7,15 +7,14 @@ Every page gets a screenshot in artifacts/screenshots/ (console-*.png)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.pool_api.console_helpers import backdate_lock
 from tests.pool_api.helpers import contract, engine_for, make_contracts, new_agent
 from tests.pool_api.test_browser import CHROMIUM
-from tests.pool_api.test_browser_flow import Chromium, cells, sign_in
-from tests.support.pool_server import PoolServer, running_pool_api
+from tests.pool_api.test_browser_flow import Chromium, browser, cells, server, sign_in  # noqa: F401 - fixtures
+from tests.support.pool_server import PoolServer
 from tests.support.provider import Provider, data
 
 pytestmark = pytest.mark.skipif(
@@ -24,21 +23,6 @@ pytestmark = pytest.mark.skipif(
            "console did NOT run")
 
 XSS = "<img src=x onerror=document.title='pwned'>"
-
-
-@pytest.fixture
-def server(sqlite_url: str) -> Iterator[PoolServer]:
-    with running_pool_api(sqlite_url) as s:
-        yield s
-
-
-@pytest.fixture
-def browser() -> Iterator[Chromium]:
-    b = Chromium()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def text(browser: Chromium, selector: str) -> str:
