@@ -17,7 +17,12 @@ Counted at the end, from the database and from the script's own record (`example
                       no successful script run in the record, and provisioned ones whose instance file is
                       gone (removed by a clean-up after another agent reported it)
 
+With `--dispatch claim` (the default) the agents long-poll claim; `--dispatch poll` is pending + lock.
+`--replicas 2` starts two `dc-pool-api serve` processes on the one database and spreads the agents over
+them round robin (the outage then stops both).
+
     python bench/exactly_once.py            # 2,000 contracts, 8 agents, max_concurrent 4, kill every 5 s, 60 s outage
+    python bench/exactly_once.py --agents 16 --replicas 2   # claim races across two replicas
     python bench/exactly_once.py --quick    # 60 contracts, 4 agents, kill every 3 s, 5 s outage
 """
 
@@ -71,6 +76,8 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=3.0, help="script sleep with the slow fault (seconds)")
     parser.add_argument("--poll-interval", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--replicas", type=int, default=1, help="dc-pool-api serve processes on the one database")
+    h.add_dispatch_arg(parser)
     args = parser.parse_args()
     if args.quick:
         args.agents, args.contracts, args.kill_every, args.outage = 4, 60, 3.0, 5.0
@@ -85,7 +92,8 @@ def main() -> int:
     kills, killed_mid_run = 0, 0
     kill_log: list[tuple[h.AgentProc, int]] = []
     outage_at = outage_end = None
-    with h.Bench("exactly-once", keep=args.keep, lock_ttl_seconds=ttl, heartbeat_seconds=5) as bench:
+    with h.Bench("exactly-once", keep=args.keep, lock_ttl_seconds=ttl, heartbeat_seconds=5, dispatch=args.dispatch,
+                 replicas=args.replicas) as bench:
         assert bench.server is not None
         fleet = bench.fleet(args.agents, script_delay=delay, poll_interval_seconds=args.poll_interval,
                             lock_timeout_seconds=ttl, max_concurrent=args.max_concurrent, shutdown_grace_seconds=30)
@@ -115,11 +123,13 @@ def main() -> int:
                 kills += 1
                 next_kill = now + args.kill_every
             if "outage" in faults and outage_at is None and done >= len(ids) // 3:
-                bench.server.stop()
+                for replica in bench.servers:
+                    replica.stop()
                 outage_at = time.monotonic()
                 h.say(f"pool_api stopped at {done}/{len(ids)} provisioned")
             if outage_at is not None and outage_end is None and now - outage_at >= args.outage:
-                bench.server.start()
+                for replica in bench.servers:
+                    replica.start()
                 outage_end = time.monotonic()
                 h.say(f"pool_api started again after {outage_end - outage_at:.1f} s")
             done = bench.count_provisioned(ids)
@@ -175,12 +185,14 @@ def main() -> int:
         h.figure("kill_to_restarted_max", round(max(restart_s), 2), "s")
     h.figure("script_runs_started", sum(starts[c] for c in ids))
     h.figure("makespan", round(makespan, 1), "s")
+    h.figure("dispatch", args.dispatch)
+    h.figure("replicas", args.replicas)
     rows_md = [
-        "| contracts | agents × max_concurrent | faults | kills (mid-run) | outage | double provisions "
+        "| dispatch | replicas | contracts | agents × max_concurrent | faults | kills (mid-run) | outage | double provisions "
         "(two instances left) | lost (DB) | provisioned without a successful run | provisioned without an "
         "instance | wrong details | script runs started | makespan |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {len(ids):,} | {args.agents} × {args.max_concurrent} | {', '.join(sorted(faults))} | {kills} "
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {args.dispatch} | {args.replicas} | {len(ids):,} | {args.agents} × {args.max_concurrent} | {', '.join(sorted(faults))} | {kills} "
         f"({killed_mid_run}) | {(outage_end - outage_at) if outage_at and outage_end else 0:.0f} s | "
         f"{len(doubles)} ({len(doubles_net)}) | {lost_db} | {len(lost_script)} | {len(missing_instance)} | "
         f"{len(wrong_details)} | {sum(starts[c] for c in ids):,} | {makespan:.0f} s |",
@@ -197,6 +209,7 @@ def main() -> int:
     if missing_instance:
         print("provisioned without an instance:", ", ".join(missing_instance[:20]))
     body = h.run_header(h.command_line(), started, {
+        "Dispatch": f"{args.dispatch}, {args.replicas} replica(s) of `dc-pool-api serve` on one PostgreSQL",
         "Set-up": f"{args.agents} agents, max_concurrent {args.max_concurrent}, poll {args.poll_interval:g} s; "
                   f"lock TTL {ttl} s (renewed every {ttl / 3:.2f} s); script {delay:g} s; "
                   + (f"SIGKILL + immediate restart every {args.kill_every:g} s; " if "kill" in faults else "")

@@ -53,6 +53,7 @@ from tests.support.provider import Provider  # noqa: E402
 from tests.support.wait import wait_until as wait_for  # noqa: E402,F401 - bench scripts call h.wait_for
 
 RESULTS = REPO / "bench" / "RESULTS.md"
+DISPATCH_MODES = ("claim", "poll")  # claim: long-poll POST .../claim; poll: pending + lock (`serve --no-claim`)
 EXAMPLE_SCRIPT = REPO / "examples" / "script-provisioner.py"
 OWN_INSTANCES = REPO / "bench" / "own_instances.py"
 
@@ -156,9 +157,10 @@ def cpu_by_component(bench: "Bench", fleet: Fleet | None) -> dict[str, float]:
                 own, children = proc_cpu_seconds(agent.proc.pid)
                 out["agents"] += own
                 out["scripts"] += children
-    if bench.server is not None and bench.server.proc is not None:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            out["server"] = sum(proc_cpu_seconds(bench.server.proc.pid))
+    for replica in bench.servers:
+        if replica.proc is not None:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out["server"] += sum(proc_cpu_seconds(replica.proc.pid))
     if bench.cluster is not None:
         with contextlib.suppress(OSError, IndexError, ValueError):
             postmaster = int((bench.cluster.base_dir / "data" / "postmaster.pid").read_text().split()[0])
@@ -167,6 +169,9 @@ def cpu_by_component(bench: "Bench", fleet: Fleet | None) -> dict[str, float]:
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     out["postgres"] += proc_cpu_seconds(child)[0]
     return out
+
+
+CPU_PARTS = ("agents", "scripts", "server", "postgres")
 
 
 def machine_busy_seconds() -> float:
@@ -193,6 +198,16 @@ def agent_ready(agent: AgentProc) -> bool:
         return False
     status = agent.status_file()
     return status.get("pid") == agent.proc.pid and bool(status.get("lastPollNs"))
+
+
+def agent_claiming(agent: AgentProc) -> bool:
+    """The running process logged that it switched to claim (its heartbeat answer said `claim: true`)."""
+    status = agent.status_file()
+    if agent.proc is None or status.get("pid") != agent.proc.pid:
+        return False
+    since = int(status.get("startedNs") or 0)
+    return any(iso_ns(e["timestamp"]) >= since - 1_000_000_000
+               for e in agent_events(agent, {"dispatch: the server offers claim; long-polling instead of polling"}))
 
 
 def agent_idle(agent: AgentProc) -> bool:
@@ -245,14 +260,20 @@ class Bench:
     Use as a context manager: everything it started is stopped on exit (also on Ctrl-C / errors).
     """
 
-    def __init__(self, name: str, *, keep: bool = False, **serve_options: Any) -> None:
+    def __init__(self, name: str, *, keep: bool = False, dispatch: str = "claim", replicas: int = 1,
+                 **serve_options: Any) -> None:
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"dispatch: one of {', '.join(DISPATCH_MODES)}, not {dispatch!r}")
         self.name = name
         self.keep = keep
+        self.dispatch = dispatch
+        self.replicas = replicas
         self.serve_options = {"lock_ttl_seconds": 300, "heartbeat_seconds": 30, "lock_sweep_seconds": 1,
                               **serve_options}
         self.base = Path(tempfile.mkdtemp(prefix=f"dc-bench-{name}-"))
         self.cluster: PostgresCluster | None = None
         self.server: PoolServer | None = None
+        self.servers: list[PoolServer] = []  # every replica; `server` is the first
         self.provider: Provider | None = None
         self.engine: sa.Engine | None = None
         self.fleets: list[Fleet] = []
@@ -264,9 +285,15 @@ class Bench:
         try:
             self.cluster = start_cluster()
             url = self.cluster.create_database("bench")
-            self.server = PoolServer(url, log_dir=self.base / "server", **self.serve_options)
-            (self.base / "server").mkdir(exist_ok=True)
-            self.server.start()
+            # poll mode: the server does not advertise claim, so the agents poll pending + lock (as before claim)
+            env = {"DC_POOL_API_CLAIM": "false"} if self.dispatch == "poll" else {}
+            for i in range(self.replicas):
+                log_dir = self.base / ("server" if i == 0 else f"server{i + 1}")
+                log_dir.mkdir(exist_ok=True)
+                replica = PoolServer(url, log_dir=log_dir, env=env, **self.serve_options)
+                self.servers.append(replica)
+                replica.start()
+            self.server = self.servers[0]
             from pool_api import db
 
             self.engine = db.create_engine(url)
@@ -304,6 +331,9 @@ class Bench:
         if own_list:
             for agent in fleet.agents:
                 set_script_options(agent, list_command=[sys.executable, str(OWN_INSTANCES), "--dir", str(fleet.vms)])
+        if len(self.servers) > 1:  # agents spread over the replicas, round robin
+            for i, agent in enumerate(fleet.agents):
+                set_agent_options(agent, api_url=self.servers[i % len(self.servers)].url)
         return fleet
 
     def start(self, fleet: Fleet, timeout: float = 120) -> None:
@@ -388,10 +418,11 @@ class Bench:
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
-        if self.server is not None:
+        for replica in self.servers:
             with contextlib.suppress(Exception):
-                self.server.stop()
-            self.server = None
+                replica.stop()
+        self.servers = []
+        self.server = None
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.stop()
@@ -417,6 +448,12 @@ SUMMARY_ROWS = [
     ("pending_p50", "pending-provision p50 (1,000 offerings × 10,000 contracts)", "—"),
     ("idle_rss", "Idle RSS of `dc-agent run` after 60 s", "—"),
     ("help_ratio", "`dc-agent --help` / `python -c pass` (median wall time)", "—"),
+    ("cpu_per_contract_sh", "Agents + server + PostgreSQL CPU per contract (`--script sh`, claim)", "≤ 20 ms"),
+    ("makespan_ratio_sh", "Makespan ratio, sh script, max_concurrent 1 and 4 (claim)", "≤ 1.05"),
+    ("conflicts_mc4", "409s per contract at max_concurrent 4 (sh script, claim)", "0"),
+    ("pickup_30s", "Pickup p50 at a 30 s poll interval (claim)", "≤ 50 ms"),
+    ("pickup_30s_poll", "Pickup p50 at a 30 s poll interval, poll dispatch (before claim)", "—"),
+    ("idle_fleet", "1,000 idle agents on one replica: pool_api CPU, RSS, pickup p50", "≤ 5 % of a core; ≤ 100 ms"),
     ("double_provisions", "Double provisions (2,000 contracts under faults)", "0"),
     ("lost_contracts", "Lost contracts (same run)", "0"),
 ]
@@ -454,7 +491,8 @@ def record(path: Path | None, key: str | None, title: str, body: str, summary: d
         fh.write(out)
 
 
-SECTION_ORDER = ["makespan", "makespan_sh", "pickup", "pending_query", "footprint", "exactly_once"]
+SECTION_ORDER = ["issue11", "makespan", "makespan_sh", "makespan_poll", "makespan_sh_poll", "pickup", "pickup_poll",
+                 "idle_fleet", "profile", "request_cost", "pending_query", "footprint", "exactly_once", "admin_cli"]
 
 
 def summary_table(data: dict[str, str]) -> str:
@@ -490,6 +528,29 @@ def add_common_args(parser: Any) -> None:
                         help="RESULTS.md to update (default: bench/RESULTS.md for a full run, none for --quick)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+
+
+def add_dispatch_arg(parser: Any) -> None:
+    parser.add_argument("--dispatch", choices=DISPATCH_MODES, default="claim",
+                        help="claim: the server advertises claim and the agents long-poll it (the default); poll: "
+                             "`serve --no-claim`, the agents poll pending-provision and lock one by one")
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit towards `wanted` (at most the hard limit; as root the hard
+    limit too); children started afterwards inherit it. The soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def results_path(args: Any) -> Path | None:

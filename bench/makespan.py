@@ -17,7 +17,12 @@ Where the time goes is measured per contract from the agent's log and the script
   report      `done` → the agent logged `provisioned` (script exit, JSON parse, outbox fsync, POST provisioned)
   next        an agent's `provisioned` → its next `provisioning` (poll pending-provision + lock)
 
+`--dispatch claim` (the default) lets the server advertise claim, so the agents long-poll
+`POST .../contracts/claim`; `--dispatch poll` starts `serve --no-claim`: the agents poll pending-provision and
+lock one by one (dispatch before claim existed), for the before/after comparison.
+
     python bench/makespan.py                 # 20 agents, 400 contracts, 1 s, max_concurrent 1, 2, 4
+    python bench/makespan.py --script sh --max-concurrent 1,4       # CPU per contract, ratios, 409s at 4 slots
     python bench/makespan.py --quick         # 4 agents, 20 contracts, max_concurrent 1, 2
 """
 
@@ -103,6 +108,10 @@ def run_once(bench: h.Bench, fleet: h.Fleet, n_contracts: int, delay: float, mc:
         h.set_agent_options(agent, max_concurrent=mc)
     h.say(f"max_concurrent {mc}: starting {len(fleet.agents)} agents")
     bench.start(fleet)
+    if bench.dispatch == "claim":  # every agent's heartbeat answered claim: true and it long-polls now
+        h.wait_for(lambda: fleet.assert_alive() or all(h.agent_claiming(a) for a in fleet.agents), 60,
+                   "every agent to switch to claim", interval=0.1)
+    load0 = h.loadavg()
     cpu0 = h.cpu_by_component(bench, fleet)
     ids, t0 = bench.create_contracts(n_contracts)
     ideal = math.ceil(n_contracts / (len(fleet.agents) * mc)) * delay
@@ -127,7 +136,7 @@ def run_once(bench: h.Bench, fleet: h.Fleet, n_contracts: int, delay: float, mc:
         "polls": counters.get("polls", 0), "locks": counters.get("locks_acquired", 0),
         "doubles": sum(1 for c in ids if done[c] > 1), "per_agent_min": min(per_agent.values()),
         "per_agent_max": max(per_agent.values()), "agents_used": len(per_agent), "stages": stages,
-        "cpu": cpu, "cpu_wall": wall,
+        "cpu": cpu, "cpu_wall": wall, "load": (load0, h.loadavg()),
     }
 
 
@@ -139,6 +148,7 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=1.0, help="seconds the script sleeps")
     parser.add_argument("--max-concurrent", default="1,2,4", help="comma-separated values, one run each")
     parser.add_argument("--poll-interval", type=float, default=0.5)
+    h.add_dispatch_arg(parser)
     parser.add_argument("--script", choices=["example", "sh"], default="example",
                         help="example: examples/script-provisioner.py (Python, the default); sh: "
                              "bench/sh-provisioner.sh, the same record without a Python start-up per call")
@@ -148,7 +158,7 @@ def main() -> int:
     levels = [int(v) for v in args.max_concurrent.split(",")]
     started = time.monotonic()
     results = []
-    with h.Bench("makespan", keep=args.keep) as bench:
+    with h.Bench("makespan", keep=args.keep, dispatch=args.dispatch) as bench:
         fleet = bench.fleet(args.agents, script_delay=args.delay, poll_interval_seconds=args.poll_interval,
                             lock_timeout_seconds=300)
         if args.script == "sh":
@@ -161,9 +171,12 @@ def main() -> int:
             r = results[-1]
             h.say(f"max_concurrent {mc}: makespan {r['makespan']:.2f} s, ideal {r['ideal']:.1f} s, "
                   f"ratio {r['ratio']:.3f}, 409s {r['conflicts']} ({r['conflicts'] / max(1, r['provisioned']):.3f}"
-                  f"/contract), per agent {r['per_agent_min']}–{r['per_agent_max']}, load {h.loadavg()}")
+                  f"/contract), per agent {r['per_agent_min']}–{r['per_agent_max']}, load {h.loadavg()}, other "
+                  f"processes {max(0.0, r['cpu']['machine'] - sum(r['cpu'][k] for k in h.CPU_PARTS)) / r['cpu_wall']:.2f}"
+                  " cores")
         find_ms = find_wall_ms(fleet) if args.script == "example" else float("nan")
     print()
+    h.figure("dispatch", args.dispatch)
     if args.script == "example":
         h.figure("find_command_alone", round(find_ms, 1), "ms")
     table = ["| max_concurrent | makespan | ideal | ratio | 409s | 409 / contract | polls | contracts per agent | "
@@ -189,32 +202,58 @@ def main() -> int:
             key = name.split(" (")[0].replace(" → ", "_to_").replace(" ", "_")
             h.figure(f"stage_p50[{key}]", round(h.median(values) * 1000), "ms")
     cpu_lines = ["| max_concurrent | CPU used by the benchmark's processes | agents | scripts (find + provision) | "
-                 "dc-pool-api | PostgreSQL | per contract | other processes of the machine |",
-                 "|---|---|---|---|---|---|---|---|"]
-    parts = ("agents", "scripts", "server", "postgres")
+                 "dc-pool-api | PostgreSQL | per contract | agents + server + PostgreSQL per contract | "
+                 "other processes of the machine | load average at start → end |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+    parts = h.CPU_PARTS
     for r in results:
         c, n = r["cpu"], args.contracts
         total = sum(c[k] for k in parts)
+        own = c["agents"] + c["server"] + c["postgres"]
         others = max(0.0, c["machine"] - total)
         cpu_lines.append(f"| {r['mc']} | {total:.1f} s in {r['cpu_wall']:.1f} s ({total / r['cpu_wall']:.2f} cores) | "
-                         + " | ".join(f"{c[k]:.1f} s ({1000 * c[k] / n:.0f} ms/contract)" for k in parts)
-                         + f" | {1000 * total / n:.0f} ms | {others:.1f} s ({others / r['cpu_wall']:.2f} cores) |")
+                         + " | ".join(f"{c[k]:.1f} s ({1000 * c[k] / n:.1f} ms/contract)" for k in parts)
+                         + f" | {1000 * total / n:.1f} ms | {1000 * own / n:.1f} ms | {others:.1f} s "
+                           f"({others / r['cpu_wall']:.2f} cores) | {r['load'][0]} → {r['load'][1]} |")
         h.figure(f"other_cores_mc{r['mc']}", round(others / r["cpu_wall"], 2))
-        h.figure(f"cpu_per_contract_mc{r['mc']}", round(1000 * total / n), "ms")
+        h.figure(f"cpu_per_contract_mc{r['mc']}", round(1000 * total / n, 1), "ms")
+        h.figure(f"cpu_own_per_contract_mc{r['mc']}", round(1000 * own / n, 1), "ms")
+        for k in parts:
+            h.figure(f"cpu_{k}_per_contract_mc{r['mc']}", round(1000 * c[k] / n, 1), "ms")
     print("\n".join(table))
     print()
     print("\n".join(stage_lines))
     print()
     print("\n".join(cpu_lines))
     first = results[0]
-    summary = {}
-    if first["mc"] == 1 and args.script == "example":
+    summary: dict = {}
+    if first["mc"] == 1 and args.script == "example" and args.dispatch == "claim":
         run = f"{args.agents} agents, {args.contracts} contracts{' (quick)' if args.quick else ''}"
         summary = {"makespan_ratio": {"value": f"{first['ratio']:.3f} ({first['makespan']:.2f} s / "
                                                f"{first['ideal']:.0f} s)", "run": run},
                    "conflicts_per_contract": {"value": f"{first['conflicts'] / max(1, first['provisioned']):.3f}",
                                               "run": run}}
+    by_mc = {r["mc"]: r for r in results}
+    if args.script == "sh" and args.dispatch == "claim":
+        run = f"{args.agents} agents, {args.contracts} contracts, sh script{' (quick)' if args.quick else ''}"
+        if 1 in by_mc:
+            r = by_mc[1]
+            own = 1000 * (r["cpu"]["agents"] + r["cpu"]["server"] + r["cpu"]["postgres"]) / args.contracts
+            summary["cpu_per_contract_sh"] = {
+                "value": f"{own:.1f} ms (agents {1000 * r['cpu']['agents'] / args.contracts:.1f}, server "
+                         f"{1000 * r['cpu']['server'] / args.contracts:.1f}, PostgreSQL "
+                         f"{1000 * r['cpu']['postgres'] / args.contracts:.1f}; load {r['load'][0].split()[0]})",
+                "run": run + ", max_concurrent 1"}
+        ratios = [f"{by_mc[mc]['ratio']:.3f} (mc {mc})" for mc in (1, 4) if mc in by_mc]
+        if ratios:
+            summary["makespan_ratio_sh"] = {"value": " / ".join(ratios), "run": run}
+        if 4 in by_mc:
+            r = by_mc[4]
+            summary["conflicts_mc4"] = {"value": f"{r['conflicts'] / max(1, r['provisioned']):.3f} "
+                                                 f"({r['conflicts']} 409s)", "run": run + ", max_concurrent 4"}
     body = h.run_header(h.command_line(), started, {
+        "Dispatch": "claim (the agents long-poll POST .../contracts/claim)" if args.dispatch == "claim" else
+                    "poll (`serve --no-claim`: pending-provision + lock)",
         "Set-up": f"{args.agents} `dc-agent run` processes in one pool, {args.contracts} contracts per run, "
                   + ("`examples/script-provisioner.py`" if args.script == "example" else "`bench/sh-provisioner.sh`")
                   + f" sleeping {args.delay:g} s (with find), poll interval "
@@ -227,12 +266,16 @@ def main() -> int:
         "waited for, the server, the PostgreSQL postmaster and backends; the machine's total from /proc/stat, " \
         "so 'other processes' is what competed with the benchmark; the machine has " + str(os.cpu_count()) + \
         " cores):\n\n" + "\n".join(cpu_lines)
+    poll = args.dispatch == "poll"
     if args.script == "example":
-        h.record(h.results_path(args), "makespan", "1–2. Makespan and 409s per contract", body, summary,
-                 h.SECTION_ORDER)
+        h.record(h.results_path(args), "makespan_poll" if poll else "makespan",
+                 "1–2. Makespan and 409s per contract" + (" (poll dispatch, for comparison)" if poll else ""),
+                 body, summary, h.SECTION_ORDER)
     else:
-        h.record(h.results_path(args), "makespan_sh", "1–2 (diagnostic). Makespan with a POSIX-sh script", body,
-                 None, h.SECTION_ORDER)
+        h.record(h.results_path(args), "makespan_sh_poll" if poll else "makespan_sh",
+                 "1–2 (diagnostic). Makespan with a POSIX-sh script" + (" (poll dispatch, for comparison)"
+                                                                        if poll else ""),
+                 body, summary, h.SECTION_ORDER)
     return 0
 
 
