@@ -82,17 +82,23 @@ def check_skew(timestamp: str, skew_seconds: int, now: int | None = None) -> Non
         raise ApiError(401, f"X-Timestamp: clock skew over {skew_seconds} s")
 
 
+# Built once: each request runs these, and a statement built anew costs its construction and cache key again.
+_PROVIDER_KEY = sa.select(providers.c.pubkey).where(providers.c.pubkey == sa.bindparam("pubkey"))
+_AGENT_KEY = sa.select(agent_delegations.c.provider_pubkey, agent_delegations.c.pool_id,
+                       agent_delegations.c.revoked_at_ns).where(agent_delegations.c.agent_pubkey == sa.bindparam("pubkey"))
+_NONCE = sa.insert(request_nonces).values(pubkey=sa.bindparam("pubkey"), nonce=sa.bindparam("nonce"),
+                                          seen_at_ns=sa.bindparam("seen_at_ns"))
+_REPLAYED = "replayed request: X-Nonce already used"
+
+
 def identify(conn: sa.Connection, role: Role, pubkey: str) -> Caller:
     """The provider or agent behind a verified key: 401 when unknown, 403 when revoked."""
     if role == "provider":
-        found = conn.execute(sa.select(providers.c.pubkey).where(providers.c.pubkey == pubkey)).first()
+        found = conn.execute(_PROVIDER_KEY, {"pubkey": pubkey}).first()
         if found is None:
             raise ApiError(401, "unknown provider key")
         return Caller(role="provider", pubkey=pubkey, provider_pubkey=pubkey)
-    row = conn.execute(
-        sa.select(agent_delegations.c.provider_pubkey, agent_delegations.c.pool_id, agent_delegations.c.revoked_at_ns)
-        .where(agent_delegations.c.agent_pubkey == pubkey)
-    ).first()
+    row = conn.execute(_AGENT_KEY, {"pubkey": pubkey}).first()
     if row is None:
         raise ApiError(401, "unknown agent key")
     if row.revoked_at_ns is not None:
@@ -105,21 +111,26 @@ def remember_nonce(conn: sa.Connection, pubkey: str, nonce: str) -> None:
     is a replay (401), whichever replica saw the first."""
     try:
         with conn.begin():
-            conn.execute(sa.insert(request_nonces).values(pubkey=pubkey, nonce=nonce, seen_at_ns=now_ns()))
+            conn.execute(_NONCE, {"pubkey": pubkey, "nonce": nonce, "seen_at_ns": now_ns()})
     except sa.exc.IntegrityError:
-        raise ApiError(401, "replayed request: X-Nonce already used") from None
+        raise ApiError(401, _REPLAYED) from None
 
 
 def authenticate(engine: sa.Engine, method: str, path: str, headers: object, body: bytes, skew_seconds: int) -> Caller:
-    """Run every check of PROTOCOL.md's signature rules and return the caller."""
+    """Run every check of PROTOCOL.md's signature rules and return the caller.
+
+    The key lookup and the nonce go in one short transaction (two statements, one commit): an unknown or
+    revoked key is refused before its nonce is stored, and a replayed nonce rolls the transaction back."""
     role, pubkey, timestamp, nonce, signature = parse_headers(headers)
     check_skew(timestamp, skew_seconds)
     if not verify_signature(pubkey, signature, signature_message(timestamp, nonce, method, path, body)):
         raise ApiError(401, "X-Signature: signature does not verify")
-    with engine.connect() as conn:
-        caller = identify(conn, role, pubkey)
-        conn.rollback()
-        remember_nonce(conn, pubkey, nonce)
+    try:
+        with engine.begin() as conn:
+            caller = identify(conn, role, pubkey)
+            conn.execute(_NONCE, {"pubkey": pubkey, "nonce": nonce, "seen_at_ns": now_ns()})
+    except sa.exc.IntegrityError:
+        raise ApiError(401, _REPLAYED) from None
     return caller
 
 
