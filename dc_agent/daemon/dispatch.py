@@ -129,6 +129,11 @@ class Dispatcher:
     async def loop(self) -> None:
         a = self.agent
         assert a.wake is not None
+        # The first heartbeat says whether the server offers claim: wait for it (briefly), so the first
+        # contracts are claimed rather than raced for through the pending list.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(a.until_stopped(a.heartbeats.first_answer.wait()),
+                                   timeout=min(10.0, a.settings.request_timeout_seconds))
         while not a.stopping:
             a.wake.clear()
             if a.claim_supported and a.free_slots > 0:

@@ -23,6 +23,7 @@ class Heartbeats:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
         self.upgrade_seen: str | None = None
+        self.first_answer = asyncio.Event()  # the first heartbeat was answered or failed: dispatch may start
         self.nudge: asyncio.Event | None = None
         self.inventory = InventoryCollector(agent.provisioner, agent.log, on_first=self._nudge_soon)
 
@@ -107,6 +108,7 @@ class Heartbeats:
                 except Exception:  # noqa: BLE001 - heartbeats go on until exit, whatever happened
                     a.log.exception("heartbeat failed unexpectedly")
                     interval = 10.0
+                self.first_answer.set()
                 sd = a.sd()
                 if sd:
                     sd.notify_status(self.status_line())
