@@ -22,12 +22,9 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-from nacl.signing import SigningKey
-
 from dc_agent.api.base import (PASSWORD, ActionRequest, HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer,
                                ReconcileItem)
-from dc_agent.api.http import RetryPolicy, SignedHttp
+from dc_agent.api.http import SignedClient
 from dc_agent.api.pool_api import reconcile_items
 from dc_agent.errors import ApiError, Conflict, Forbidden, Gone, NotFound, Refused, UnexpectedAnswer
 from dc_agent.signing import Ed25519phSigner
@@ -126,25 +123,13 @@ def instance_details_text(details: dict[str, Any]) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-class DecentCloudClient:
+class DecentCloudClient(SignedClient):
     """Signed calls of one agent to the live Decent Cloud API."""
 
     dialect = "decent-cloud"
     failures_are_final = True  # provisioning_failed closes the contract and refunds the tenant
 
-    def __init__(self, api_url: str, key: SigningKey, provider_pubkey: str, *, timeout: float = 30.0,
-                 ca_cert: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 policies: dict[str, RetryPolicy] | None = None) -> None:
-        self.provider_pubkey = provider_pubkey
-        self.http = SignedHttp(api_url, Ed25519phSigner(key), timeout=timeout, ca_cert=ca_cert, transport=transport,
-                               policies=policies, redact_in_endpoint=provider_pubkey)
-
-    @property
-    def agent_pubkey(self) -> str:
-        return self.http.public_key_hex
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    signer = Ed25519phSigner
 
     async def _call(self, method: str, path: str, body: Any = None, *, policy: str) -> Any:
         try:

@@ -147,6 +147,27 @@ class SignedHttp:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+class SignedClient:
+    """What every dialect's client shares: one signed HTTP session as `self.http`, the agent's key, close.
+    A dialect names its signature scheme in `signer` (a class taking the agent's PyNaCl key)."""
+
+    signer: Any = None
+
+    def __init__(self, api_url: str, key: Any, provider_pubkey: str, *, timeout: float = 30.0,
+                 ca_cert: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 policies: dict[str, RetryPolicy] | None = None) -> None:
+        self.provider_pubkey = provider_pubkey
+        self.http = SignedHttp(api_url, type(self).signer(key), timeout=timeout, ca_cert=ca_cert,
+                               transport=transport, policies=policies, redact_in_endpoint=provider_pubkey)
+
+    @property
+    def agent_pubkey(self) -> str:
+        return self.http.public_key_hex
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
 def register(api_url: str, token: str, agent_pubkey: str, *, ca_cert: str | None = None, timeout: float = 30.0,
              transport: httpx.BaseTransport | None = None, retry_wait: float = 0.5) -> dict[str, Any]:
     """`POST /agents/setup` (unsigned, the same in both dialects). Only connection failures are retried: a

@@ -6,12 +6,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-from nacl.signing import SigningKey
-
 from dc_agent.api.base import (PASSWORD, ActionRequest, HeartbeatAnswer, HeartbeatInfo, Lease, Offer, ReconcileAnswer,
                                ReconcileItem)
-from dc_agent.api.http import RetryPolicy, SignedHttp
+from dc_agent.api.http import SignedClient
 from dc_agent.errors import UnexpectedAnswer
 from dc_agent.signing import Ed25519Signer
 from provisioners.base import Contract, Instance, InstanceHealth
@@ -51,25 +48,13 @@ def reconcile_items(raw: Any) -> list[ReconcileItem]:
     return out
 
 
-class PoolApiClient:
+class PoolApiClient(SignedClient):
     """Signed calls of one agent to pool_api."""
 
     dialect = "pool-api"
     failures_are_final = False  # `failed` keeps the contract open: the server offers it again
 
-    def __init__(self, api_url: str, key: SigningKey, provider_pubkey: str, *, timeout: float = 30.0,
-                 ca_cert: str | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 policies: dict[str, RetryPolicy] | None = None) -> None:
-        self.provider_pubkey = provider_pubkey
-        self.http = SignedHttp(api_url, Ed25519Signer(key), timeout=timeout, ca_cert=ca_cert, transport=transport,
-                               policies=policies, redact_in_endpoint=provider_pubkey)
-
-    @property
-    def agent_pubkey(self) -> str:
-        return self.http.public_key_hex
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    signer = Ed25519Signer
 
     def _pk(self) -> str:
         return f"/providers/{self.provider_pubkey}"
