@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from typing import Any
 import httpx
 
 from tests.support.postgres import free_port
+from tests.support.server_process import start_and_wait, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
-START_DEADLINE_S = 30.0
 
 
 class LiveApiServer:
@@ -62,35 +60,14 @@ class LiveApiServer:
                 "--db", str(self.db_path)]
         if self.lock_ttl_seconds is not None:
             argv += ["--lock-ttl-seconds", str(self.lock_ttl_seconds)]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"live API fake exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/_fake/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"live API fake did not answer within {START_DEADLINE_S:.0f} s:\n{self.log_tail()}")
+        self.proc = start_and_wait(argv, self.log_path, f"{self.url}/_fake/health", "live API fake",
+                                   log_tail=self.log_tail)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; the port is free afterwards."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        stop_process(proc, timeout)
 
     def restart(self) -> LiveApiServer:
         self.stop()

@@ -15,21 +15,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 from tests.support.postgres import free_port
+from tests.support.server_process import start_and_wait, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
-START_DEADLINE_S = 30.0
 
 
 def pool_api_command() -> list[str]:
@@ -82,35 +79,14 @@ class PoolServer:
             return self
         argv = [*pool_api_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--database-url", self.database_url, *_option_args(self.serve_options)]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=REPO)
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dc-pool-api serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"dc-pool-api serve did not answer /health within {START_DEADLINE_S:.0f} s:\n{self.log_tail()}")
+        self.proc = start_and_wait(argv, self.log_path, f"{self.api_url}/health", "dc-pool-api serve",
+                                   env=self._env(), log_tail=self.log_tail)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        stop_process(proc, timeout)
 
     def restart(self) -> PoolServer:
         self.stop()
