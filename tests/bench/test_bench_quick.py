@@ -32,6 +32,8 @@ SCRIPTS = {
                      "6. Exactly-once under faults"),
     "request_cost": ({"server_cpu[claim-hit]", "server_cpu[provisioned]", "claim_contract_floor",
                       "poll_contract_floor"}, "Server CPU per request"),
+    "idle_fleet": ({"server_cpu_share", "server_rss", "pickup_p50", "waiting_claims", "errors"},
+                   "Idle fleet: 1,000 long-polling agents on one replica"),
     "profile_cycle": ({"samples_server", "samples_agents", "top_self_server"}, "Profile of one cycle (py-spy)"),
 }
 NEEDS = {"profile_cycle": "py-spy"}  # an optional tool: the test is skipped where it is not installed
