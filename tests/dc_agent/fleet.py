@@ -135,6 +135,11 @@ class Fleet:
                 "list_command": argv("list"), "terminate_command": argv("terminate"),
                 "timeout_seconds": 600, "kill_grace_seconds": 2, "env": {"AGENT_NAME": name}}
 
+    def provisioner_section(self, name: str, written: dict[str, Any]) -> dict[str, Any]:
+        """Agent `name`'s [provisioner] table (`written` is what `dc-agent setup` wrote): the script driver here;
+        a subclass returns another driver's table."""
+        return {**written, "script": self.script_settings(name)}
+
     def new_token(self, name: str) -> str:
         return self.provider.create_token(self.pool_id, label=name)
 
@@ -147,7 +152,7 @@ class Fleet:
         assert res.returncode == 0, res.stderr
         data = tomllib.loads(config.read_text())
         data["agent"].update(self.agent_options)
-        data["provisioner"]["script"] = self.script_settings(name)
+        data["provisioner"] = self.provisioner_section(name, data["provisioner"])
         config.write_text(tomli_w.dumps(data))
         agent = AgentProc(name=name, config=config, log_path=self.base / f"{name}.log")
         self.agents.append(agent)
