@@ -38,9 +38,9 @@ OPTIONS = {"poll_interval_seconds": 0.5, "max_concurrent": 2, "reconcile_interva
 class DockerFleet(Fleet):
     """Agents whose [provisioner] is the docker driver on the test daemon, each with its own agent label."""
 
-    def __init__(self, *args: Any, daemon: DockerDaemon, image: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, docker: DockerDaemon, image: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.daemon = daemon
+        self.daemon = docker
         self.image = image
 
     def agent_label(self, name: str) -> str:
@@ -133,7 +133,7 @@ def test_two_docker_agents_one_daemon(pg_url, tmp_path, daemon, capsys):
             provider.create_offering("box-1", "DE", provisioner_type="docker", pool_id=pool["poolId"],
                                      cpu_cores=1, memory_mb=256, storage_gb=1)
             fleet = DockerFleet(tmp_path, server, provider, pool["poolId"], agent_options=OPTIONS,
-                                daemon=daemon, image=image)
+                                docker=daemon, image=image)
             fleet.add_agents(2)
             since = time.time() - 1
             fleet.start_all()

@@ -14,12 +14,16 @@ The fake is extended (``TestPve``) with two test knobs fakepve has no switch for
   IPv6 on net0's MAC (plus loopback, a docker bridge and link-local noise) — fakepve's clones have no
   agent until a test turns one on;
 - ``clone_secs``: PVE seconds every clone task takes (scaled by ``time_scale``), for slow clones.
+
+The separate process also appends each guest-agent command it answered to ``DIR/agent-calls.jsonl``
+(``agent_log``; the password only as its SHA-256), since its ``vm.agent_requests`` are out of a test's reach.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -73,6 +77,7 @@ class TestPve(FakePve):
     clone_error: the clone task ends with this TASK ERROR after the VM was made, leaving the VM behind.
     nextid_barrier: hold /cluster/nextid answers until that many requests wait (or 5 s), so concurrent
       callers all get the same VMID, as two agents asking at the same moment do.
+    agent_log: a file that gets one JSON line per guest-agent command answered (see note_agent_call).
     """
 
     __test__ = False  # not a pytest class
@@ -86,6 +91,7 @@ class TestPve(FakePve):
         self.nextid_barrier = 0
         self._nextid_waiting = 0
         self._nextid_open: asyncio.Event | None = None
+        self.agent_log: Path | None = None
 
     async def task(self, node, ttype, tid, user, body, vm=None, lock=True, log=()):  # noqa: ANN001
         if ttype == "qmclone" and vm is not None:
@@ -103,6 +109,24 @@ class TestPve(FakePve):
                 return note
 
         return await super().task(node, ttype, tid, user, body, vm=vm, lock=lock, log=log)
+
+    async def _agent_call(self, match, values):  # noqa: ANN001
+        answer = await super()._agent_call(match, values)
+        if self.agent_log is not None:
+            self.note_agent_call(match.template.rsplit("/", 1)[1], values)
+        return answer
+
+    def note_agent_call(self, command: str, values: dict[str, Any]) -> None:
+        """{vmid, command, file, content, username, passwordSha256} of an answered command, as a JSON line."""
+        entry: dict[str, Any] = {"vmid": int(values["vmid"]), "command": command}
+        for key in ("file", "content", "username"):
+            if key in values:
+                entry[key] = values[key]
+        if "password" in values:
+            entry["passwordSha256"] = hashlib.sha256(str(values["password"]).encode()).hexdigest()
+        assert self.agent_log is not None
+        with open(self.agent_log, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
     async def _nextid(self, v, user):  # noqa: ANN001
         if self.nextid_barrier and not v.get("vmid"):
@@ -248,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     pve = build(args.time_scale, agent_on_clone=args.agent_on_clone, clone_secs=args.clone_secs)
+    pve.agent_log = state / "agent-calls.jsonl"
     server = FakePveServer(pve, cert_dir=state)
     server.start()
     info = {"url": server.url, "cafile": server.cafile, "token_id": server.token_id,
