@@ -62,7 +62,7 @@ class DockerFleet(Fleet):
     def creates_by_contract(self, since: float) -> Counter[str]:
         """How many containers the daemon created per contract since `since` (removed ones included)."""
         with self.daemon.api() as api:
-            events = api.events(since=int(since), until=int(time.time()) + 1, decode=True,
+            events = api.events(since=f"{since:.3f}", until=f"{time.time():.3f}", decode=True,
                                 filters={"type": "container", "event": "create",
                                          "label": f"{TEST_LABEL}={self.daemon.session}"})
             return Counter((e.get("Actor") or {}).get("Attributes", {}).get(LABEL_CONTRACT) for e in events)
