@@ -12,6 +12,7 @@ can only be taken while it is free, the caller's, or expired: the same rule as P
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,20 +38,73 @@ class ClaimResult:
     free_slots: int | None = None
 
 
-def _candidates(caller: Caller, eligible: eligibility.Eligibility, now: int, rules: DispatchRules,
-                exclude: Sequence[str]) -> sa.ColumnElement[bool]:
-    me = caller.pubkey
-    mine = c.c.lock_agent == me
-    sticky_mine = sa.and_(c.c.sticky_agent == me, c.c.sticky_until_ns > now)
-    if eligible.passed_over:
+# The claim statement is built once per shape (how many pools the agent serves, passed over or not,
+# exclusions or not, the dispatch rules) with every value a bound parameter: building it anew on each
+# claim cost more CPU than running it (bench/RESULTS.md, "A cheaper cycle").
+_NS = sa.BigInteger()
+_ME = sa.bindparam("p_me", type_=sa.String())
+_NOW = sa.bindparam("p_now", type_=_NS)
+
+
+def _param_pools(n_pools: int) -> list[dict[str, Any]]:
+    return [{"pool_id": sa.bindparam(f"p_pool_{i}", type_=sa.String()),
+             "location": sa.bindparam(f"p_location_{i}", type_=sa.String()),
+             "provisioner_type": sa.bindparam(f"p_ptype_{i}", type_=sa.String())} for i in range(n_pools)]
+
+
+def _pool_params(pools: list[Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, pool in enumerate(pools):
+        params.update({f"p_pool_{i}": pool["pool_id"], f"p_location_{i}": pool["location"],
+                       f"p_ptype_{i}": pool["provisioner_type"]})
+    return params
+
+
+def _candidates(n_pools: int | None, passed_over: bool, has_exclude: bool,
+                rules: DispatchRules) -> sa.ColumnElement[bool]:
+    mine = c.c.lock_agent == _ME
+    sticky_mine = sa.and_(c.c.sticky_agent == _ME, c.c.sticky_until_ns > _NOW)
+    if passed_over:
         wanted: sa.ColumnElement[bool] = mine
     else:
-        wanted = sa.and_(sa.or_(eligibility.route_clause(eligible), mine, sticky_mine),
-                         ~eligibility.kept_for_another(me, now, rules))
-    conditions = [eligibility.open_contract(caller.provider_pubkey, now), eligibility.free_lock(me, now), wanted]
-    if exclude:
-        conditions.append(c.c.contract_id.not_in(list(exclude)))
+        pools = None if n_pools is None else _param_pools(n_pools)
+        wanted = sa.and_(sa.or_(eligibility.route_clause(eligibility.Eligibility(pools=pools)), mine, sticky_mine),
+                         ~eligibility.kept_for_another(_ME, _NOW, rules))
+    conditions = [eligibility.open_contract(sa.bindparam("p_provider", type_=sa.String()), _NOW),
+                  eligibility.free_lock(_ME, _NOW), wanted]
+    if has_exclude:
+        conditions.append(c.c.contract_id.not_in(sa.bindparam("p_exclude", expanding=True)))
     return sa.and_(*conditions)
+
+
+@functools.lru_cache(maxsize=256)
+def _claim_statement(n_pools: int | None, passed_over: bool, has_exclude: bool, rules: DispatchRules) -> sa.Update:
+    """UPDATE … WHERE contract_id IN (the CTE picking up to `p_max` with FOR UPDATE SKIP LOCKED) RETURNING."""
+    first = sa.case((eligibility.held_by(_ME, _NOW), 0), (c.c.sticky_agent == _ME, 1), else_=2)
+    picked = (
+        sa.select(c.c.contract_id)
+        .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
+        .where(_candidates(n_pools, passed_over, has_exclude, rules))
+        .order_by(first, c.c.created_at_ns, c.c.contract_id)
+        .limit(sa.bindparam("p_max", type_=sa.Integer()))
+        .with_for_update(of=c, skip_locked=True)
+        .cte("picked")
+    )
+    expires = sa.bindparam("p_expires", type_=_NS)
+    return (
+        sa.update(c)
+        .where(c.c.contract_id.in_(sa.select(picked.c.contract_id)), eligibility.free_lock(_ME, _NOW))
+        .values(lock_agent=_ME, lock_at_ns=_NOW, lock_expires_ns=expires, updated_at_ns=_NOW,
+                first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, _NOW),
+                sticky_agent=_ME, sticky_until_ns=sa.bindparam("p_sticky_until", type_=_NS),
+                **contract_events.lock_since(_ME, _NOW))
+        .returning(c.c.contract_id, c.c.first_locked_at_ns, c.c.lock_since_ns)
+    )
+
+
+_WAITING = sa.update(d).where(d.c.agent_pubkey == _ME).values(
+    claim_waiting_until_ns=sa.bindparam("p_waiting", type_=_NS))
+_WAITING_AND_SLOTS = _WAITING.values(free_slots=sa.bindparam("p_free_slots", type_=sa.Integer()))
 
 
 def claim(conn: sa.Connection, caller: Caller, max_contracts: int, ttl_seconds: int, rules: DispatchRules, *,
@@ -65,28 +119,18 @@ def claim(conn: sa.Connection, caller: Caller, max_contracts: int, ttl_seconds: 
     eligible = eligibility.for_agent(conn, caller, now, rules)
     free = free_slots if free_slots is not None else eligible.free_slots
     result = ClaimResult(passed_over=eligible.passed_over, free_slots=free)
+    me = caller.pubkey
     if eligible.pools is None or eligible.pools:
-        me = caller.pubkey
-        first = sa.case((eligibility.held_by(me, now), 0), (c.c.sticky_agent == me, 1), else_=2)
-        picked = (
-            sa.select(c.c.contract_id)
-            .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
-            .where(_candidates(caller, eligible, now, rules, exclude))
-            .order_by(first, c.c.created_at_ns, c.c.contract_id)
-            .limit(max_contracts)
-            .with_for_update(of=c, skip_locked=True)
-            .cte("picked")
-        )
         expires = now + ttl_seconds * 1_000_000_000
-        leases = conn.execute(
-            sa.update(c)
-            .where(c.c.contract_id.in_(sa.select(picked.c.contract_id)), eligibility.free_lock(me, now))
-            .values(lock_agent=me, lock_at_ns=now, lock_expires_ns=expires, updated_at_ns=now,
-                    first_locked_at_ns=sa.func.coalesce(c.c.first_locked_at_ns, now),
-                    sticky_agent=me, sticky_until_ns=expires + ttl_seconds * 1_000_000_000,
-                    **contract_events.lock_since(me, now))
-            .returning(c.c.contract_id, c.c.first_locked_at_ns, c.c.lock_since_ns)
-        ).all()
+        n_pools = None if eligible.pools is None else len(eligible.pools)
+        statement = _claim_statement(n_pools, eligible.passed_over, bool(exclude), rules)
+        params: dict[str, Any] = {"p_me": me, "p_now": now, "p_provider": caller.provider_pubkey,
+                                  "p_max": max_contracts, "p_expires": expires,
+                                  "p_sticky_until": expires + ttl_seconds * 1_000_000_000,
+                                  **_pool_params(eligible.pools or [])}
+        if exclude:
+            params["p_exclude"] = list(exclude)
+        leases = conn.execute(statement, params).all()
         for row in leases:
             contract_events.record_lock(conn, row.contract_id, me, now, expires, row.lock_since_ns)
         items = pending_items(conn, [row.contract_id for row in leases], me)
@@ -96,10 +140,10 @@ def claim(conn: sa.Connection, caller: Caller, max_contracts: int, ttl_seconds: 
             result.items.append(item)
         result.items.sort(key=lambda item: (item["createdAtNs"], item["contractId"]))
     waiting = waiting_until_ns if not result.items else None
-    values: dict[str, Any] = {"claim_waiting_until_ns": waiting}
     if free_slots is not None:
-        values["free_slots"] = free_slots
-    conn.execute(sa.update(d).where(d.c.agent_pubkey == caller.pubkey).values(**values))
+        conn.execute(_WAITING_AND_SLOTS, {"p_me": me, "p_waiting": waiting, "p_free_slots": free_slots})
+    else:
+        conn.execute(_WAITING, {"p_me": me, "p_waiting": waiting})
     return result
 
 

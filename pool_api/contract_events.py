@@ -30,7 +30,8 @@ KINDS = (
     "ssh-key-rotation-requested", "ssh-key-rotation-done", "ssh-key-rotation-failed",
     "provider-released", "provider-retry",
 )
-MAX_ERROR_CHARS = 2000  # a failure message is kept whole on the contract; its event keeps this much
+MAX_ERROR_CHARS = 2000
+_INSERT = sa.insert(e)  # built once: executed with each event's values  # a failure message is kept whole on the contract; its event keeps this much
 
 
 def record(conn: sa.Connection, contract_id: str, kind: str, *, agent: str | None = None,
@@ -38,15 +39,15 @@ def record(conn: sa.Connection, contract_id: str, kind: str, *, agent: str | Non
     """Append one event (call it in the transaction of the change it records)."""
     if kind not in KINDS:
         raise ValueError(f"unknown contract event kind {kind!r}")
-    conn.execute(sa.insert(e).values(contract_id=contract_id, at_ns=now_ns() if at_ns is None else at_ns, kind=kind,
-                                     agent_pubkey=agent, detail=detail))
+    conn.execute(_INSERT, {"contract_id": contract_id, "at_ns": now_ns() if at_ns is None else at_ns, "kind": kind,
+                           "agent_pubkey": agent, "detail": detail})
 
 
 def record_many(conn: sa.Connection, stamped: list[tuple[str, int]], kind: str, *,
                 detail: dict[str, Any] | None = None) -> None:
     """The same event for several (contract id, at_ns) in one statement (contracts created together)."""
     if stamped:
-        conn.execute(sa.insert(e), [dict(contract_id=cid, at_ns=at, kind=kind, agent_pubkey=None, detail=detail)
+        conn.execute(_INSERT, [dict(contract_id=cid, at_ns=at, kind=kind, agent_pubkey=None, detail=detail)
                                     for cid, at in stamped])
 
 

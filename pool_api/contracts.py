@@ -157,11 +157,14 @@ def _item_json(r: Any, me: str) -> dict[str, Any]:
     }
 
 
+_ITEMS_BY_ID = _item_query().where(c.c.contract_id.in_(sa.bindparam("p_ids", expanding=True)))  # built once
+
+
 def pending_items(conn: sa.Connection, contract_ids: list[str], me: str) -> dict[str, dict[str, Any]]:
     """Pending-provision items of these contracts, by id (the claim answer's items)."""
     if not contract_ids:
         return {}
-    return {r.contract_id: _item_json(r, me) for r in conn.execute(_item_query().where(c.c.contract_id.in_(contract_ids)))}
+    return {r.contract_id: _item_json(r, me) for r in conn.execute(_ITEMS_BY_ID, {"p_ids": list(contract_ids)})}
 
 
 def pending_provision(conn: sa.Connection, caller: Caller, limit: int = 500, now: int | None = None,

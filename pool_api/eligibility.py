@@ -42,8 +42,15 @@ class Eligibility:
         return [pool["pool_id"] for pool in self.pools or []]
 
 
+# Built once (statements built per call cost their construction and cache key on every claim).
+_POOLS = sa.select(p).where(p.c.provider_pubkey == sa.bindparam("p_provider"))
+_AGENT = sa.select(d.c.consecutive_failures, d.c.last_failure_ns, d.c.free_slots).where(
+    d.c.agent_pubkey == sa.bindparam("p_agent"))
+_STICKY = d.alias("sticky")
+
+
 def _provider_pools(conn: sa.Connection, provider_pubkey: str) -> dict[str, Mapping[str, Any]]:
-    return {row.pool_id: row._mapping for row in conn.execute(sa.select(p).where(p.c.provider_pubkey == provider_pubkey))}
+    return {row.pool_id: row._mapping for row in conn.execute(_POOLS, {"p_provider": provider_pubkey})}
 
 
 def _is_fallback(pools: Mapping[str, Mapping[str, Any]], pool_id: str) -> bool:
@@ -54,8 +61,7 @@ def _is_fallback(pools: Mapping[str, Mapping[str, Any]], pool_id: str) -> bool:
 def for_agent(conn: sa.Connection, caller: Caller, now: int, rules: DispatchRules) -> Eligibility:
     """The caller's served pools and whether it is passed over: two small queries, and a third (the pools'
     agent counts, pool_api.fallback) only for an unhealthy agent or a pool that is another's fallback."""
-    me = conn.execute(sa.select(d.c.consecutive_failures, d.c.last_failure_ns, d.c.free_slots)
-                      .where(d.c.agent_pubkey == caller.pubkey)).first()
+    me = conn.execute(_AGENT, {"p_agent": caller.pubkey}).first()
     free = me.free_slots if me is not None else None
     if caller.pool_id is None:
         return Eligibility(pools=None, free_slots=free)
@@ -112,7 +118,7 @@ def open_contract(provider_pubkey: str, now: int) -> sa.ColumnElement[bool]:
 
 def kept_for_another(me: str, now: int, rules: DispatchRules) -> sa.ColumnElement[bool]:
     """Sticky for another agent that is online (see the module docstring)."""
-    sticky = d.alias("sticky")
+    sticky = _STICKY
     return sa.and_(
         c.c.sticky_agent.is_not(None), c.c.sticky_agent != me, c.c.sticky_until_ns > now,
         sa.exists().where(sticky.c.agent_pubkey == c.c.sticky_agent, sticky.c.revoked_at_ns.is_(None),
