@@ -91,7 +91,10 @@ def main() -> int:
                 data(agent.post(f"/providers/{pk}/contracts/claim", json={"max": 1, "waitSeconds": 0}))
                 health.get("/health")
         for r in range(args.rounds):
-            for label, (agent, health) in clients.items():
+            order = list(clients.items())
+            if r % 2:
+                order.reverse()  # which server goes first alternates too (the first of a pair measured slower)
+            for label, (agent, health) in order:
                 server = servers[label]
 
                 def batch(kind: str, call) -> None:  # noqa: ANN001
