@@ -36,6 +36,9 @@ def record_failure(conn: sa.Connection, agent_pubkey: str, now: int) -> None:
                  .values(consecutive_failures=d.c.consecutive_failures + 1, last_failure_ns=now))
 
 
+_SUCCESS = (sa.update(d).where(d.c.agent_pubkey == sa.bindparam("p_agent"), d.c.consecutive_failures != 0)
+            .values(consecutive_failures=0))  # built once: every provisioned report runs it
+
+
 def record_success(conn: sa.Connection, agent_pubkey: str) -> None:
-    conn.execute(sa.update(d).where(d.c.agent_pubkey == agent_pubkey, d.c.consecutive_failures != 0)
-                 .values(consecutive_failures=0))
+    conn.execute(_SUCCESS, {"p_agent": agent_pubkey})

@@ -81,6 +81,13 @@ def agent_pool(conn: sa.Connection, caller: Caller) -> Any:
     return conn.execute(sa.select(p).where(p.c.pool_id == caller.pool_id)).first()
 
 
+_LOAD_FOR_AGENT = (  # built once: every agent call on a contract runs it
+    sa.select(c, o.c.agent_pool_id, o.c.datacenter_country, o.c.provisioner_type)
+    .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
+    .where(c.c.contract_id == sa.bindparam("p_contract"), c.c.provider_pubkey == sa.bindparam("p_provider"))
+)
+
+
 def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str, rules: Any = None) -> Any:
     """The contract + its offering's routing columns, if this agent may act on it.
 
@@ -89,11 +96,7 @@ def load_for_agent(conn: sa.Connection, caller: Caller, contract_id: str, rules:
     lock or provisioned it, or its pool is that pool's due fallback (pool_api.fallback, judged by
     `rules`, a DispatchRules). A legacy agent (no pool) may act on all of its provider's contracts.
     """
-    row = conn.execute(
-        sa.select(c, o.c.agent_pool_id, o.c.datacenter_country, o.c.provisioner_type)
-        .select_from(c.join(o, o.c.offering_id == c.c.offering_id))
-        .where(c.c.contract_id == contract_id, c.c.provider_pubkey == caller.provider_pubkey)
-    ).first()
+    row = conn.execute(_LOAD_FOR_AGENT, {"p_contract": contract_id, "p_provider": caller.provider_pubkey}).first()
     if row is None:
         raise ApiError(404, "unknown contract")
     if caller.pool_id is None or caller.pubkey in (row.lock_agent, row.provisioned_by):

@@ -100,18 +100,24 @@ def release(conn: sa.Connection, caller: Caller, contract_id: str) -> dict[str, 
     raise ApiError(403, "not the lock holder")
 
 
+_PROVISIONED = (  # built once, values bound per report
+    sa.update(c)
+    .where(c.c.contract_id == sa.bindparam("p_contract"), c.c.lock_agent == sa.bindparam("p_me"),
+           c.c.status.in_(PROVISIONABLE))
+    .values(status="provisioned", provisioned_by=sa.bindparam("p_me"), provisioned_at_ns=sa.bindparam("p_now"),
+            instance_details=sa.bindparam("p_details", type_=c.c.instance_details.type),
+            updated_at_ns=sa.bindparam("p_now"), **_CLEAR_LOCK, **_NOT_STICKY)
+    .returning(c.c.first_locked_at_ns)
+)
+
+
 def provisioned(conn: sa.Connection, caller: Caller, contract_id: str, details: dict[str, Any]) -> dict[str, Any]:
     """Also ends the agent's failure streak and records the outcome with its provisioning time (first lock ->
     now), which the answer carries as `firstLockedAtNs` (None for a contract locked before migration 0003)."""
     load_for_agent(conn, caller, contract_id)
     now = now_ns()
-    done = conn.execute(
-        sa.update(c)
-        .where(c.c.contract_id == contract_id, c.c.lock_agent == caller.pubkey, c.c.status.in_(PROVISIONABLE))
-        .values(status="provisioned", provisioned_by=caller.pubkey, provisioned_at_ns=now, instance_details=details,
-                updated_at_ns=now, **_CLEAR_LOCK, **_NOT_STICKY)
-        .returning(c.c.first_locked_at_ns)
-    ).first()
+    done = conn.execute(_PROVISIONED, {"p_contract": contract_id, "p_me": caller.pubkey, "p_now": now,
+                                       "p_details": details}).first()
     if done is not None:
         contract_events.record(conn, contract_id, "provisioned", agent=caller.pubkey, at_ns=now,
                                detail=contract_events.provisioned_detail(details))
