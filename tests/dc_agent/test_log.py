@@ -68,3 +68,22 @@ class TestStatusView:
                                 "env": {"HCLOUD_KEY": "hk-very-private-123", "DB_PASS": "hunter2", "REGION": "eu"}})
         assert shown["env"] == {"HCLOUD_KEY": "***", "DB_PASS": "***", "REGION": "***"}
         assert shown["command"] == ["/usr/local/bin/provision"]
+
+
+def test_driver_lines_from_standard_logging_are_json_and_redacted():
+    """Drivers log with `logging`; their lines come out as the agent's JSON, secrets masked, at the level set."""
+    import io
+    import json
+    import logging as std
+
+    from dc_agent import log as logmod
+
+    out = io.StringIO()
+    logmod.configure("info", json_output=True, stream=out)
+    std.getLogger("provisioners.proxmox").info("proxmox: token PVEAPIToken=dc@pve!x=0d4e0c1a-1111-2222-3333-444455556666 used")
+    std.getLogger("provisioners.docker").debug("not shown at info")
+    std.getLogger("httpx").info("HTTP Request: per-request chatter")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 1, lines
+    assert lines[0]["logger"] == "provisioners.proxmox" and lines[0]["level"] == "info"
+    assert "0d4e0c1a-1111" not in lines[0]["event"] and "***" in lines[0]["event"]
