@@ -61,6 +61,12 @@ def _slots(capacity: dict[str, Any] | None, key: str) -> int | None:
     return None
 
 
+# Built once: every heartbeat runs both (an UPDATE executed with a dict sets exactly the dict's columns).
+_HEARTBEAT = sa.update(d).where(d.c.agent_pubkey == sa.bindparam("p_agent"))
+_POOL_OF_AGENT = (sa.select(d.c.pool_id, p.c.name).select_from(d.outerjoin(p, p.c.pool_id == d.c.pool_id))
+                  .where(d.c.agent_pubkey == sa.bindparam("p_agent")))
+
+
 def heartbeat(conn: sa.Connection, agent_pubkey: str, version: str, provisioner_type: str | None,
               active_contracts: int, capacity: dict[str, Any] | None, *, resources: dict[str, Any] | None = None,
               provisioners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -79,11 +85,8 @@ def heartbeat(conn: sa.Connection, agent_pubkey: str, version: str, provisioner_
         if provisioners is not None:
             inventory["provisioners"] = provisioners
         values["inventory"] = inventory
-    conn.execute(sa.update(d).where(d.c.agent_pubkey == agent_pubkey).values(**values))
-    row = conn.execute(
-        sa.select(d.c.pool_id, p.c.name).select_from(d.outerjoin(p, p.c.pool_id == d.c.pool_id))
-        .where(d.c.agent_pubkey == agent_pubkey)
-    ).one()
+    conn.execute(_HEARTBEAT, {"p_agent": agent_pubkey, **values})  # SET: the keys of `values`
+    row = conn.execute(_POOL_OF_AGENT, {"p_agent": agent_pubkey}).one()
     return {"poolId": row.pool_id, "poolName": row.name}
 
 
