@@ -19,6 +19,7 @@ from dc_agent.errors import ConfigFileError
 from dc_common.fsutil import atomic_write, ensure_dir
 
 STATUS_FILE = "status.json"
+REFRESH_SECONDS = 5.0  # an unchanged status.json is rewritten this often (for its updatedNs)
 LOCK_FILE = "agent.lock"
 
 COUNTERS = (
@@ -48,6 +49,8 @@ class AgentState:
     conflicts_by_contract: Counter[str] = field(default_factory=Counter)
     outbox_backlog: int = 0
     _last_save: float = 0.0
+    _last_write: float = float("-inf")
+    _last_written: dict[str, Any] | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -73,12 +76,22 @@ class AgentState:
         }
 
     def save(self, *, force: bool = True) -> None:
-        """Write status.json (atomically; not fsynced: it is a report, not a record)."""
+        """Write status.json (atomically; not fsynced: it is a report, not a record).
+
+        A status equal to the one last written (but for `updatedNs`) is rewritten only every
+        REFRESH_SECONDS: an idle agent's loop calls this every second, and `dc-agent status` needs only a
+        fresh `updatedNs` (it calls a loop stuck after 30 s)."""
         now = time.monotonic()
         if not force and now - self._last_save < 0.5:
             return
         self._last_save = now
-        atomic_write(Path(self.state_dir) / STATUS_FILE, json.dumps(self.snapshot(), sort_keys=True).encode(),
+        snapshot = self.snapshot()
+        updated = snapshot.pop("updatedNs")
+        if snapshot == self._last_written and now - self._last_write < REFRESH_SECONDS:
+            return
+        self._last_written, self._last_write = snapshot, now
+        atomic_write(Path(self.state_dir) / STATUS_FILE, json.dumps({**snapshot, "updatedNs": updated},
+                                                                    sort_keys=True).encode(),
                      mode=0o600, durable=False)
 
 
