@@ -81,7 +81,7 @@ def collect(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
         problems.append("no `dc-agent run` process uses this state directory "
                         f"({settings.state_dir}): start it (systemctl start dc-agent)")
     else:
-        # Alive: the loop rewrites status.json every second. Talking to the API: a successful poll or
+        # Alive: the loop rewrites status.json at least every 5 s. Talking to the API: a successful poll or
         # heartbeat recently (a busy agent with every slot taken does not poll, but still heartbeats).
         now = time.time_ns()
         updated = state.get("updatedNs") or 0
