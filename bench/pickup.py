@@ -133,7 +133,7 @@ def main() -> int:
     run = f"{args.agents} agents, poll {args.poll_interval:g} s, {len(pickups)} contracts, {args.dispatch}" + \
         (" (quick)" if args.quick else "")
     summary = {}
-    value = f"{p50 * 1000:.1f} ms (p95 {p95 * 1000:.1f} ms; load {h.LOAD_AT_START.split()[0]})"
+    value = f"{p50 * 1000:.1f} ms (p95 {p95 * 1000:.1f} ms; other processes {others:.2f} cores)"
     if args.dispatch == "claim":
         summary["pickup_p50"] = {"value": value, "run": run}
     if args.poll_interval == 30 and not args.quick:
