@@ -158,8 +158,10 @@ def test_lifecycle_on_the_live_api(tmp_path):
             server.update_contract(cid, end_timestamp_ns=1)  # ended long ago: reconcile says expired
             wait_until(lambda: not record_of(fleet, cid), 30, "the expired contract's instance to be removed",
                        details=fleet.dump_logs)
+            # the agent logs "terminated" right after the driver removed the instance: wait for the line
+            wait_until(lambda: any(e.get("event") == "terminated" and e.get("reason") == "expired"
+                                   for a in fleet.agents for e in a.log_events()), 30, "the terminated log line")
             events = [e for a in fleet.agents for e in a.log_events()]
-            assert any(e.get("event") == "terminated" and e.get("reason") == "expired" for e in events)
             assert not [e for e in events if e.get("level") == "error"], [e for e in events if e.get("level") == "error"]
         finally:
             fleet.stop_all()
