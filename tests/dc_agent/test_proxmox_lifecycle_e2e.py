@@ -204,7 +204,9 @@ def test_proxmox_lifecycle_on_the_live_api(tmp_path):
 
         server.update_contract(cid, end_timestamp_ns=1)  # ended long ago: reconcile says expired
         wait_until(lambda: vm_status(pve, vmid) is None, 30, f"VM {vmid} to be destroyed", details=fleet.dump_logs)
+        # the agent logs "terminated" right after the driver destroyed the VM: wait for the line
+        wait_until(lambda: any(e.get("event") == "terminated" and e.get("reason") == "expired"
+                               for a in fleet.agents for e in a.log_events()), 30, "the terminated log line")
         events = [e for a in fleet.agents for e in a.log_events()]
-        assert any(e.get("event") == "terminated" and e.get("reason") == "expired" for e in events)
         assert not [e for e in events if e.get("level") == "error"], [e for e in events if e.get("level") == "error"]
         assert all(code == 0 for code in fleet.stop_all().values())
