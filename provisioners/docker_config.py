@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioners.base import ConfigError
+from provisioners.config_values import config_error, positive_seconds
 
 SECTION = "[provisioner.docker]"
 OUR_LABEL_PREFIX = "dc-agent."
@@ -31,7 +32,7 @@ KNOWN = {
 
 
 def _err(key: str, problem: str, fix: str) -> ConfigError:
-    return ConfigError(f"{SECTION} {key}: {problem}; {fix}")
+    return config_error(SECTION, key, problem, fix)
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,7 @@ def _ip(settings: dict[str, Any], key: str, default: str | None, fix: str) -> st
 
 
 def _seconds(settings: dict[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _err(key, f"must be a positive number of seconds, not {value!r}", f"e.g. {key} = {default:g}")
-    return float(value)
+    return positive_seconds(SECTION, settings, key, default)
 
 
 def _port(settings: dict[str, Any], key: str, default: int) -> int:

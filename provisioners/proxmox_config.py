@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provisioners.base import ConfigError
+from provisioners.config_values import config_error, positive_seconds
 
 SECTION = "[provisioner.proxmox]"
 TOKEN_ID = re.compile(r"^[^\s@!:]+@[^\s@!:]+![A-Za-z][A-Za-z0-9._-]*$")
@@ -32,7 +33,7 @@ KNOWN = {
 
 
 def _err(key: str, problem: str, fix: str) -> ConfigError:
-    return ConfigError(f"{SECTION} {key}: {problem}; {fix}")
+    return config_error(SECTION, key, problem, fix)
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,7 @@ def _int(value: Any, key: str, fix: str, *, lo: int | None = None, hi: int | Non
 
 
 def _seconds(settings: dict[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _err(key, f"must be a positive number of seconds, not {value!r}", f"e.g. {key} = {default:g}")
-    return float(value)
+    return positive_seconds(SECTION, settings, key, default)
 
 
 def _path(value: str, config_path: Path | None) -> Path:
